@@ -1,0 +1,58 @@
+"""Shared scoring: what a participant measures locally is exactly what the fund pays on.
+
+Pure pandas / NumPy / SciPy; nothing here imports FHE code. Function names and values follow
+numerai-tools (``numerai_tools.scoring``) where the concept is the same.
+"""
+
+from fhe_toolkit.scoring._checks import DEFAULT_MAX_FILTERED_INDEX_RATIO
+from fhe_toolkit.scoring.meta_model import payout, stake_weighted_meta_model
+from fhe_toolkit.scoring.metrics import (
+    benchmark_contribution,
+    correlation_contribution,
+    exposure_summary,
+    feature_exposures,
+    feature_neutral_corr,
+    max_feature_correlation,
+    neutralize,
+    numerai_corr,
+)
+from fhe_toolkit.scoring.mmc_forms import (
+    mmc_closed_form,
+    mmc_finite_difference,
+    mmc_pseudo_inverse,
+)
+from fhe_toolkit.scoring.per_era import score_eras, summarize, summarize_series
+from fhe_toolkit.scoring.transforms import (
+    center,
+    gaussian,
+    orthogonalize,
+    power,
+    tie_kept_rank,
+    variance_normalize,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FILTERED_INDEX_RATIO",
+    "benchmark_contribution",
+    "center",
+    "correlation_contribution",
+    "exposure_summary",
+    "feature_exposures",
+    "feature_neutral_corr",
+    "gaussian",
+    "max_feature_correlation",
+    "mmc_closed_form",
+    "mmc_finite_difference",
+    "mmc_pseudo_inverse",
+    "neutralize",
+    "numerai_corr",
+    "orthogonalize",
+    "payout",
+    "power",
+    "score_eras",
+    "stake_weighted_meta_model",
+    "summarize",
+    "summarize_series",
+    "tie_kept_rank",
+    "variance_normalize",
+]
