@@ -40,6 +40,9 @@ from fhe_toolkit.scoring.transforms import (
     tie_kept_rank_array,
 )
 
+EXPLAINED_TOLERANCE = 1e-9
+"""A residual this small relative to the predictions is rounding noise: nothing is left."""
+
 ExposureMethod = Literal["spearman", "pearson"]
 
 PINV_RCOND = 1e-6
@@ -192,20 +195,30 @@ def feature_neutral_corr(
     1. tie-kept rank and gaussianize the predictions;
     2. neutralize them to the features (with an intercept), proportion 1;
     3. variance-normalize, then take :func:`numerai_corr` against the targets.
+
+    Predictions the features explain entirely (what is left after step 2 is below
+    ``EXPLAINED_TOLERANCE`` of their norm, i.e. rounding noise) score 0, where numerai-tools would
+    return the CORR of that noise scaled up to unit variance.
     """
     predictions = check_predictions(predictions)
     design = _features_for(predictions, features, "features")
     values = predictions.to_numpy(np.float64)
-    neutral = neutralize_array(rank_gaussian_array(values), design, 1.0)
+    ranked = rank_gaussian_array(values)
+    neutral = neutralize_array(ranked, design, 1.0)
+    explained = np.linalg.norm(neutral, axis=0) <= EXPLAINED_TOLERANCE * np.linalg.norm(
+        ranked, axis=0
+    )
     with np.errstate(invalid="ignore", divide="ignore"):
         neutral = neutral / np.std(neutral, axis=0)
-    neutral = np.where(np.all(values == values[:1], axis=0), 0.0, neutral)
+    # Zeroed columns score NaN (constant) or are set to 0 below (fully explained by features).
+    neutral[:, explained] = 0.0
     scores = numerai_corr(
         pd.DataFrame(neutral, index=predictions.index, columns=predictions.columns),
         targets,
         max_filtered_index_ratio,
     )
-    return scores.rename("fnc")
+    constant = np.all(values == values[:1], axis=0)
+    return scores.where(~explained | constant, 0.0).rename("fnc")
 
 
 def feature_exposures(

@@ -15,6 +15,7 @@ from fhe_toolkit.scoring._checks import (
     require_frame,
     require_unique_ids,
 )
+from fhe_toolkit.scoring.meta_model import stake_weighted_meta_model
 from fhe_toolkit.scoring.metrics import (
     ExposureMethod,
     benchmark_contribution,
@@ -35,6 +36,7 @@ def score_eras(
     target: str = "target",
     era_col: str = "era",
     meta_model: pd.Series | None = None,
+    stakes: pd.Series | None = None,
     benchmark: pd.Series | None = None,
     exposure_features: Sequence[str] | None = None,
     fnc_features: Sequence[str] | None = None,
@@ -47,6 +49,8 @@ def score_eras(
         predictions: one column per model, indexed by id.
         data: indexed by id, with the era column, the target and the feature columns.
         meta_model, benchmark: Series by id; when given, MMC and BMC are scored against them.
+        stakes: Series by model; without ``meta_model``, MMC is scored against the
+            stake-weighted meta model of these predictions (:func:`stake_weighted_meta_model`).
         exposure_features: features for exposure (default: every ``feature_*`` column of data;
             an empty list skips exposure).
         fnc_features: features for FNC (default: the exposure features; empty skips FNC).
@@ -74,6 +78,8 @@ def score_eras(
             f"{len(unknown)} prediction id(s) are not in data, e.g. {list(unknown[:3])}; "
             f"predictions must be indexed by the ids of the data they were made for."
         )
+    if meta_model is None and stakes is not None:
+        meta_model = stake_weighted_meta_model(predictions, stakes, eras=data[era_col])
     refs = {
         name: check_vector(series, name, allow_nan=False)
         for name, series in (("meta_model", meta_model), ("benchmark", benchmark))

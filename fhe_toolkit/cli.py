@@ -1,0 +1,251 @@
+"""``fhe-toolkit``: a thin command line over the Python API.
+
+Every command's errors come out as one clear message (no traceback) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from fhe_toolkit import __version__
+from fhe_toolkit.data import (
+    SynthConfig,
+    load_features_json,
+    load_tournament,
+    synthesize,
+)
+from fhe_toolkit.data.io import FEATURES_JSON
+from fhe_toolkit.errors import FheToolkitError
+from fhe_toolkit.scoring import score_eras, summarize
+from fhe_toolkit.tables import print_frame, summary_by_model
+
+F = TypeVar("F", bound=Callable[..., Any])
+# A wider table than the 80 columns rich assumes when output is piped (CI logs, files).
+console = Console(width=None if sys.stdout.isatty() else 120)
+
+
+class ToolkitClickError(click.ClickException):
+    exit_code = 2
+
+
+def friendly_errors(func: F) -> F:
+    """Turn the toolkit's own errors into a one-line CLI error instead of a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FheToolkitError as exc:
+            raise ToolkitClickError(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def era_progress(description: str) -> Progress:
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("eras"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fhe-toolkit")
+def main() -> None:
+    """Numerai-style tournaments on encrypted data.
+
+    The fund encrypts its features; participants run quantized models on the ciphertexts; the
+    fund decrypts the predictions and scores them with the shared scoring modules.
+    """
+
+
+@main.group()
+def data() -> None:
+    """Tournament data: generate synthetic data, or check real Numerai files."""
+
+
+@data.command("synth")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--train-eras", default=SynthConfig.train_eras, show_default=True)
+@click.option("--validation-eras", default=SynthConfig.validation_eras, show_default=True)
+@click.option("--live-eras", default=SynthConfig.live_eras, show_default=True)
+@click.option("--embargo-eras", default=SynthConfig.embargo_eras, show_default=True,
+              help="Eras left out between train, validation and live (targets overlap).")
+@click.option("--rows-per-era", default=SynthConfig.rows_per_era, show_default=True)
+@click.option("--features", "n_features", default=SynthConfig.n_features, show_default=True,
+              help="Number of feature columns (Numerai v5: 2748).")
+@click.option("--groups", "n_groups", default=SynthConfig.n_groups, show_default=True,
+              help="Feature groups (correlated blocks).")
+@click.option("--noise", default=SynthConfig.noise, show_default=True,
+              help="Target noise; signal has unit variance. Higher means harder.")
+@click.option("--seed", default=SynthConfig.seed, show_default=True)
+@friendly_errors
+def data_synth(out_dir: Path, **settings: Any) -> None:
+    """Write a synthetic Numerai-format tournament to OUT_DIR.
+
+    Writes train.parquet, validation.parquet, live.parquet (targets blank), live_targets.parquet
+    (the fund's copy of the live targets), features.json and synth_config.json. The same seed
+    gives the same files. Large sizes are written era by era, never held whole in memory.
+
+    Example (real Numerai scale): fhe-toolkit data synth big/ --train-eras 500
+    --rows-per-era 5000 --features 780
+    """
+    config = SynthConfig(**settings)
+    with era_progress("synthesizing") as progress:
+        task = progress.add_task("synth", total=len(config.era_splits()))
+        paths = synthesize(out_dir, config, on_era=lambda done, _: progress.update(task, completed=done))
+    for name, path in paths.items():
+        console.print(f"  {name:<13} {path}")
+
+
+@data.command("validate")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--feature-set", help="Check only this set from features.json (default: all feature_* columns).")
+@click.option("--features-json", type=click.Path(path_type=Path),
+              help=f"Path to features.json (default: {FEATURES_JSON} beside PATH).")
+@friendly_errors
+def data_validate(path: Path, feature_set: str | None, features_json: Path | None) -> None:
+    """Check that a parquet file follows the Numerai format.
+
+    Reports every problem at once, naming the column and the first rows at fault: missing era,
+    duplicate ids, non-integer or out-of-range features, targets outside 0/.25/.5/.75/1.
+    """
+    df = load_tournament(path, feature_set=feature_set, features_json=features_json)
+    features = [c for c in df.columns if str(c).startswith("feature_")]
+    console.print(
+        f"[green]ok[/green] {path}: {len(df):,} rows, {df['era'].nunique()} eras, "
+        f"{len(features)} features, targets {[c for c in df.columns if str(c).startswith('target')]}"
+    )
+
+
+@main.command("score")
+@click.argument("predictions_path", metavar="PREDICTIONS", type=click.Path(path_type=Path))
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="Numerai-format parquet with era, target and features for the predicted ids.")
+@click.option("--target", default="target", show_default=True)
+@click.option("--meta-model", "meta_col",
+              help="Column of PREDICTIONS holding the meta model (not scored itself). Default: "
+                   "the stake-weighted meta model of the scored models.")
+@click.option("--benchmark", "benchmark_col",
+              help="Column of PREDICTIONS holding a benchmark model, for BMC (not scored itself).")
+@click.option("--stakes", "stakes_path", type=click.Path(path_type=Path),
+              help='JSON {"model": stake, ...} for the meta model. Default: equal stakes.')
+@click.option("--feature-set", help="Exposure features: a set from features.json (default: all).")
+@click.option("--fnc-feature-set", help="FNC features: a set from features.json (default: as exposure).")
+@click.option("--features-json", type=click.Path(path_type=Path),
+              help=f"Path to features.json (default: {FEATURES_JSON} beside --data).")
+@click.option("--exposure-method", type=click.Choice(["spearman", "pearson"]), default="spearman",
+              show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write per_era.csv and summary.csv here.")
+@friendly_errors
+def score(
+    predictions_path: Path,
+    data_path: Path,
+    target: str,
+    meta_col: str | None,
+    benchmark_col: str | None,
+    stakes_path: Path | None,
+    feature_set: str | None,
+    fnc_feature_set: str | None,
+    features_json: Path | None,
+    exposure_method: str,
+    out_dir: Path | None,
+) -> None:
+    """Score PREDICTIONS (parquet or CSV: id, then one column per model) era by era.
+
+    Prints per-model means of CORR, MMC (against --meta-model or the stake-weighted meta model),
+    BMC (with --benchmark), FNC and feature exposure, with Sharpe and max drawdown in summary.csv.
+    """
+    predictions = read_predictions(predictions_path)
+    metadata = (
+        load_features_json(features_json or data_path.with_name(FEATURES_JSON))
+        if feature_set or fnc_feature_set
+        else None
+    )
+    exposure = metadata.features(feature_set) if metadata and feature_set else None
+    fnc = metadata.features(fnc_feature_set) if metadata and fnc_feature_set else None
+    frame = load_tournament(data_path, features=_union(exposure, fnc), targets=[target])
+    refs = {}
+    for option, column in (("--meta-model", meta_col), ("--benchmark", benchmark_col)):
+        if column is not None:
+            if column not in predictions.columns:
+                raise ToolkitClickError(
+                    f"{option} {column!r} is not a column of {predictions_path}; it has "
+                    f"{list(predictions.columns)}."
+                )
+            refs[option] = predictions.pop(column)
+    stakes = None
+    if "--meta-model" not in refs and predictions.shape[1] > 1:
+        stakes = (
+            pd.Series(_read_json(stakes_path), dtype="float64")
+            if stakes_path
+            else pd.Series(1.0, index=predictions.columns)
+        )
+    per_era = score_eras(
+        predictions,
+        frame,
+        target=target,
+        meta_model=refs.get("--meta-model"),
+        stakes=stakes,
+        benchmark=refs.get("--benchmark"),
+        exposure_features=exposure,
+        fnc_features=fnc,
+        exposure_method=exposure_method,  # type: ignore[arg-type]
+    )
+    summary = summarize(per_era)
+    print_frame(
+        summary_by_model(summary), f"Mean per era over {per_era['era'].nunique()} era(s)", console
+    )
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        per_era.to_csv(out_dir / "per_era.csv", index=False)
+        summary.to_csv(out_dir / "summary.csv")
+        console.print(f"wrote {out_dir / 'per_era.csv'} and {out_dir / 'summary.csv'}")
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    """Predictions from parquet or CSV, indexed by id."""
+    if not path.is_file():
+        raise ToolkitClickError(f"{path} does not exist.")
+    try:
+        frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the same thing to a user
+        raise ToolkitClickError(f"{path} could not be read as parquet or CSV: {exc}") from None
+    if "id" in frame.columns:
+        frame = frame.set_index("id")
+    if frame.index.name != "id":
+        raise ToolkitClickError(
+            f"{path} needs an 'id' column or index, one row per id; it has {list(frame.columns)[:5]}."
+        )
+    return frame
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ToolkitClickError(f"{path} is not readable JSON: {exc}") from None
+
+
+def _union(*lists: list[str] | None) -> list[str] | None:
+    present = [x for x in lists if x is not None]
+    return list(dict.fromkeys(c for x in present for c in x)) if present else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Numerai-format tournament data: loading, validation and a synthetic generator."""
+
+from fhe_toolkit.data.io import FeatureMetadata, load_features_json, load_tournament
+from fhe_toolkit.data.schema import feature_columns, target_columns, validate_tournament
+from fhe_toolkit.data.synth import SynthConfig, iter_eras, make_tournament, synthesize
+
+__all__ = [
+    "FeatureMetadata",
+    "SynthConfig",
+    "feature_columns",
+    "iter_eras",
+    "load_features_json",
+    "load_tournament",
+    "make_tournament",
+    "synthesize",
+    "target_columns",
+    "validate_tournament",
+]

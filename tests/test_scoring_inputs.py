@@ -1,0 +1,169 @@
+"""Bad input to the scoring functions: a clear error or a documented result, never mutation."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fhe_toolkit.errors import ScoringInputError, ScoringTypeError
+from fhe_toolkit.scoring import (
+    benchmark_contribution,
+    correlation_contribution,
+    exposure_summary,
+    feature_exposures,
+    feature_neutral_corr,
+    neutralize,
+    numerai_corr,
+    tie_kept_rank,
+)
+
+N = 100
+
+
+@pytest.fixture
+def era() -> dict:
+    rng = np.random.default_rng(3)
+    ids = pd.Index([f"n{i:04d}" for i in range(N)], name="id")
+    return {
+        "preds": pd.DataFrame({"a": rng.normal(size=N), "b": rng.normal(size=N)}, index=ids),
+        "targets": pd.Series(rng.choice([0, 0.25, 0.5, 0.75, 1.0], N), index=ids),
+        "meta": pd.Series(rng.normal(size=N), index=ids, name="meta"),
+        "features": pd.DataFrame(rng.integers(0, 5, (N, 4)), index=ids).add_prefix("feature_"),
+    }
+
+
+def test_series_where_frame_needed(era):
+    with pytest.raises(ScoringTypeError, match=r"to_frame\(\)"):
+        numerai_corr(era["preds"]["a"], era["targets"])
+
+
+def test_frame_where_series_needed(era):
+    with pytest.raises(ScoringTypeError, match="must be a Series"):
+        numerai_corr(era["preds"], era["preds"])
+
+
+def test_duplicate_ids_are_named(era):
+    preds = pd.concat([era["preds"], era["preds"].iloc[:2]])
+    with pytest.raises(ScoringInputError, match=r"2 duplicate id\(s\).*n0000"):
+        numerai_corr(preds, era["targets"])
+
+
+def test_nan_predictions_are_refused_with_the_column(era):
+    preds = era["preds"].copy()
+    preds.iloc[5, 1] = np.nan
+    with pytest.raises(ScoringInputError, match=r"'b': 1 row\(s\); first ids \['n0005'\]"):
+        numerai_corr(preds, era["targets"])
+
+
+def test_nan_targets_are_left_out(era):
+    targets = era["targets"].copy()
+    targets.iloc[:10] = np.nan
+    got = numerai_corr(era["preds"], targets)
+    expected = numerai_corr(era["preds"].iloc[10:], targets.iloc[10:])
+    pd.testing.assert_series_equal(got, expected)
+
+
+def test_misaligned_ids_beyond_the_limit_are_refused(era):
+    shifted = era["targets"].copy()
+    shifted.index = [f"x{i}" for i in range(N)]
+    with pytest.raises(ScoringInputError, match=r"only 0 of the 100 ids.*same `id`"):
+        numerai_corr(era["preds"], shifted)
+
+
+def test_misaligned_ids_within_the_limit_are_dropped(era):
+    got = numerai_corr(era["preds"], era["targets"].iloc[:90])
+    pd.testing.assert_series_equal(got, numerai_corr(era["preds"].iloc[:90], era["targets"]))
+    with pytest.raises(ScoringInputError, match="at most 5%"):
+        numerai_corr(era["preds"], era["targets"].iloc[:90], max_filtered_index_ratio=0.05)
+
+
+def test_unsorted_index_gives_the_same_scores(era):
+    order = np.random.default_rng(0).permutation(N)
+    pd.testing.assert_series_equal(
+        correlation_contribution(era["preds"].iloc[order], era["meta"], era["targets"]),
+        correlation_contribution(era["preds"], era["meta"], era["targets"]),
+    )
+
+
+def test_constant_prediction_scores_nan(era):
+    preds = era["preds"].assign(flat=0.5)
+    assert np.isnan(numerai_corr(preds, era["targets"])["flat"])
+    assert np.isnan(correlation_contribution(preds, era["meta"], era["targets"])["flat"])
+    assert np.isnan(feature_neutral_corr(preds, era["features"], era["targets"])["flat"])
+    assert feature_exposures(preds, era["features"])["flat"].isna().all()
+    assert neutralize(preds, era["features"])["flat"].isna().all()
+    assert not numerai_corr(preds, era["targets"])[["a", "b"]].isna().any()
+
+
+def test_constant_meta_model_is_refused(era):
+    with pytest.raises(ScoringInputError, match="meta_model holds a single value"):
+        correlation_contribution(era["preds"], era["meta"] * 0, era["targets"])
+
+
+def test_constant_feature_is_skipped_in_exposure_summary(era):
+    features = era["features"].assign(feature_flat=2)
+    exposures = feature_exposures(era["preds"], features)
+    assert exposures.loc["feature_flat"].isna().all()
+    summary = exposure_summary(exposures)
+    assert not summary.isna().any().any()
+
+
+def test_features_must_cover_the_predicted_ids(era):
+    with pytest.raises(ScoringInputError, match=r"10 prediction id\(s\) are not in features"):
+        feature_exposures(era["preds"], era["features"].iloc[10:])
+
+
+def test_nan_features_are_refused(era):
+    features = era["features"].astype(float)
+    features.iloc[3, 2] = np.nan
+    with pytest.raises(ScoringInputError, match="features contains NaN"):
+        feature_neutral_corr(era["preds"], features, era["targets"])
+
+
+def test_non_numeric_predictions_are_refused(era):
+    with pytest.raises(ScoringInputError, match="not numeric"):
+        numerai_corr(era["preds"].assign(c="x"), era["targets"])
+
+
+def test_bad_proportion_and_method(era):
+    with pytest.raises(ScoringInputError, match=r"within \[0, 1\]"):
+        neutralize(era["preds"], era["features"], proportion=1.5)
+    with pytest.raises(ScoringInputError, match="'spearman' or 'pearson'"):
+        feature_exposures(era["preds"], era["features"], method="kendall")  # type: ignore[arg-type]
+
+
+def test_benchmark_contribution_is_mmc_against_the_benchmark(era):
+    bmc = benchmark_contribution(era["preds"], era["meta"], era["targets"])
+    mmc = correlation_contribution(era["preds"], era["meta"], era["targets"])
+    np.testing.assert_array_equal(bmc.to_numpy(), mmc.to_numpy())
+    assert bmc.name == "bmc"
+
+
+def test_spearman_and_pearson_exposure_differ_on_skewed_predictions(era):
+    skewed = np.exp(3 * era["preds"])
+    spearman = feature_exposures(skewed, era["features"], method="spearman")
+    pearson = feature_exposures(skewed, era["features"], method="pearson")
+    assert not np.allclose(spearman, pearson)
+    pd.testing.assert_frame_equal(spearman, feature_exposures(era["preds"], era["features"]))
+
+
+def test_no_function_mutates_its_arguments(era):
+    targets = era["targets"].copy()
+    targets.iloc[0] = np.nan
+    preds = era["preds"].assign(flat=1.0)
+    args = {"preds": preds, "targets": targets, "meta": era["meta"], "features": era["features"]}
+    before = copy.deepcopy(args)
+    numerai_corr(preds, targets)
+    correlation_contribution(preds, era["meta"], targets)
+    feature_neutral_corr(preds, era["features"], targets)
+    neutralize(preds, era["features"], 0.5)
+    feature_exposures(preds, era["features"])
+    tie_kept_rank(preds)
+    for name, value in args.items():
+        if isinstance(value, pd.DataFrame):
+            pd.testing.assert_frame_equal(value, before[name])
+        else:
+            pd.testing.assert_series_equal(value, before[name])
