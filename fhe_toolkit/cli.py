@@ -23,6 +23,7 @@ from fhe_toolkit.data import (
     load_features_json,
     load_tournament,
     synthesize,
+    target_columns,
 )
 from fhe_toolkit.data.io import FEATURES_JSON
 from fhe_toolkit.errors import FheToolkitError
@@ -83,15 +84,33 @@ def data() -> None:
 @click.option("--train-eras", default=SynthConfig.train_eras, show_default=True)
 @click.option("--validation-eras", default=SynthConfig.validation_eras, show_default=True)
 @click.option("--live-eras", default=SynthConfig.live_eras, show_default=True)
-@click.option("--embargo-eras", default=SynthConfig.embargo_eras, show_default=True,
-              help="Eras left out between train, validation and live (targets overlap).")
+@click.option(
+    "--embargo-eras",
+    default=SynthConfig.embargo_eras,
+    show_default=True,
+    help="Eras left out between train, validation and live (targets overlap).",
+)
 @click.option("--rows-per-era", default=SynthConfig.rows_per_era, show_default=True)
-@click.option("--features", "n_features", default=SynthConfig.n_features, show_default=True,
-              help="Number of feature columns (Numerai v5: 2748).")
-@click.option("--groups", "n_groups", default=SynthConfig.n_groups, show_default=True,
-              help="Feature groups (correlated blocks).")
-@click.option("--noise", default=SynthConfig.noise, show_default=True,
-              help="Target noise; signal has unit variance. Higher means harder.")
+@click.option(
+    "--features",
+    "n_features",
+    default=SynthConfig.n_features,
+    show_default=True,
+    help="Number of feature columns (Numerai v5: 2748).",
+)
+@click.option(
+    "--groups",
+    "n_groups",
+    default=SynthConfig.n_groups,
+    show_default=True,
+    help="Feature groups (correlated blocks).",
+)
+@click.option(
+    "--noise",
+    default=SynthConfig.noise,
+    show_default=True,
+    help="Target noise; signal has unit variance. Higher means harder.",
+)
 @click.option("--seed", default=SynthConfig.seed, show_default=True)
 @friendly_errors
 def data_synth(out_dir: Path, **settings: Any) -> None:
@@ -107,16 +126,23 @@ def data_synth(out_dir: Path, **settings: Any) -> None:
     config = SynthConfig(**settings)
     with era_progress("synthesizing") as progress:
         task = progress.add_task("synth", total=len(config.era_splits()))
-        paths = synthesize(out_dir, config, on_era=lambda done, _: progress.update(task, completed=done))
+        paths = synthesize(
+            out_dir, config, on_era=lambda done, _: progress.update(task, completed=done)
+        )
     for name, path in paths.items():
         console.print(f"  {name:<13} {path}")
 
 
 @data.command("validate")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--feature-set", help="Check only this set from features.json (default: all feature_* columns).")
-@click.option("--features-json", type=click.Path(path_type=Path),
-              help=f"Path to features.json (default: {FEATURES_JSON} beside PATH).")
+@click.option(
+    "--feature-set", help="Check only this set from features.json (default: all feature_* columns)."
+)
+@click.option(
+    "--features-json",
+    type=click.Path(path_type=Path),
+    help=f"Path to features.json (default: {FEATURES_JSON} beside PATH).",
+)
 @friendly_errors
 def data_validate(path: Path, feature_set: str | None, features_json: Path | None) -> None:
     """Check that a parquet file follows the Numerai format.
@@ -128,30 +154,58 @@ def data_validate(path: Path, feature_set: str | None, features_json: Path | Non
     features = [c for c in df.columns if str(c).startswith("feature_")]
     console.print(
         f"[green]ok[/green] {path}: {len(df):,} rows, {df['era'].nunique()} eras, "
-        f"{len(features)} features, targets {[c for c in df.columns if str(c).startswith('target')]}"
+        f"{len(features)} features, targets {target_columns(list(df.columns))}"
     )
 
 
 @main.command("score")
 @click.argument("predictions_path", metavar="PREDICTIONS", type=click.Path(path_type=Path))
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Numerai-format parquet with era, target and features for the predicted ids.")
+@click.option(
+    "--data",
+    "data_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Numerai-format parquet with era, target and features for the predicted ids.",
+)
 @click.option("--target", default="target", show_default=True)
-@click.option("--meta-model", "meta_col",
-              help="Column of PREDICTIONS holding the meta model (not scored itself). Default: "
-                   "the stake-weighted meta model of the scored models.")
-@click.option("--benchmark", "benchmark_col",
-              help="Column of PREDICTIONS holding a benchmark model, for BMC (not scored itself).")
-@click.option("--stakes", "stakes_path", type=click.Path(path_type=Path),
-              help='JSON {"model": stake, ...} for the meta model. Default: equal stakes.')
+@click.option(
+    "--meta-model",
+    "meta_col",
+    help="Column of PREDICTIONS holding the meta model (not scored itself). Default: "
+    "the stake-weighted meta model of the scored models.",
+)
+@click.option(
+    "--benchmark",
+    "benchmark_col",
+    help="Column of PREDICTIONS holding a benchmark model, for BMC (not scored itself).",
+)
+@click.option(
+    "--stakes",
+    "stakes_path",
+    type=click.Path(path_type=Path),
+    help='JSON {"model": stake, ...} for the meta model. Default: equal stakes.',
+)
 @click.option("--feature-set", help="Exposure features: a set from features.json (default: all).")
-@click.option("--fnc-feature-set", help="FNC features: a set from features.json (default: as exposure).")
-@click.option("--features-json", type=click.Path(path_type=Path),
-              help=f"Path to features.json (default: {FEATURES_JSON} beside --data).")
-@click.option("--exposure-method", type=click.Choice(["spearman", "pearson"]), default="spearman",
-              show_default=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write per_era.csv and summary.csv here.")
+@click.option(
+    "--fnc-feature-set", help="FNC features: a set from features.json (default: as exposure)."
+)
+@click.option(
+    "--features-json",
+    type=click.Path(path_type=Path),
+    help=f"Path to features.json (default: {FEATURES_JSON} beside --data).",
+)
+@click.option(
+    "--exposure-method",
+    type=click.Choice(["spearman", "pearson"]),
+    default="spearman",
+    show_default=True,
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write per_era.csv and summary.csv here.",
+)
 @friendly_errors
 def score(
     predictions_path: Path,
@@ -224,13 +278,14 @@ def read_predictions(path: Path) -> pd.DataFrame:
         raise ToolkitClickError(f"{path} does not exist.")
     try:
         frame = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - any reader failure means the same thing to a user
+    except Exception as exc:
         raise ToolkitClickError(f"{path} could not be read as parquet or CSV: {exc}") from None
     if "id" in frame.columns:
         frame = frame.set_index("id")
     if frame.index.name != "id":
         raise ToolkitClickError(
-            f"{path} needs an 'id' column or index, one row per id; it has {list(frame.columns)[:5]}."
+            f"{path} needs an 'id' column or index, one row per id; "
+            f"it has {list(frame.columns)[:5]}."
         )
     return frame
 

@@ -54,9 +54,7 @@ def test_per_era_scores_equal_single_era_calls(scored):
     )
     np.testing.assert_allclose(
         row["mmc"],
-        correlation_contribution(preds.loc[ids], meta.loc[ids], data.loc[ids, "target"])[
-            row.index
-        ],
+        correlation_contribution(preds.loc[ids], meta.loc[ids], data.loc[ids, "target"])[row.index],
     )
     np.testing.assert_allclose(
         row["fnc"],
@@ -119,7 +117,7 @@ def test_summary_statistics():
 
 
 def test_meta_model_is_stake_weighted_rank_gaussian_mean(scored):
-    data, preds = scored
+    _, preds = scored
     stakes = pd.Series({"signal": 3.0, "noise": 1.0})
     meta = stake_weighted_meta_model(preds, stakes)
     ranked = rank_gaussian_array(preds[["signal", "noise"]].to_numpy())

@@ -18,7 +18,7 @@ from fhe_toolkit.scoring import (
     neutralize,
     numerai_corr,
 )
-from fhe_toolkit.scoring.transforms import rank_gaussian_array
+from fhe_toolkit.scoring.transforms import rank_gaussian_array, tie_kept_rank_array
 
 BUCKETS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 MONOTONE = {
@@ -140,3 +140,23 @@ def test_finite_difference_converges_to_closed_form_direction(eps):
     # d/dε corr((1-ε)m + εp, y) at 0 = cov(y, p⊥) / std(y) when m has unit variance.
     expected = mmc_pseudo_inverse(p, m, y) / np.std(y) / np.std(m)
     assert mmc_finite_difference(p, m, y, eps) == pytest.approx(expected, rel=1e-2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.integers(1, 80),
+    cols=st.integers(1, 5),
+    low=st.integers(-100, 100),
+    span=st.integers(1, 70),
+    dtype=st.sampled_from(["int8", "int64", "uint8"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_integer_ranks_by_counting_equal_sorted_ranks(rows, cols, low, span, dtype, seed):
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    low = max(low, info.min)
+    high = min(low + span, info.max)
+    values = rng.integers(low, high, size=(rows, cols), endpoint=True).astype(dtype)
+    np.testing.assert_allclose(
+        tie_kept_rank_array(values), tie_kept_rank_array(values.astype(np.float64)), atol=1e-15
+    )

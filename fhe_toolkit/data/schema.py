@@ -117,7 +117,9 @@ def _column_presence_problems(
         problems.append("no feature columns: expected columns named 'feature_*'.")
     absent = [c for c in [*features, *targets] if c not in df.columns]
     if absent:
-        problems.append(f"missing column(s) {absent[:SHOWN_ROWS]} named by the feature/target list.")
+        problems.append(
+            f"missing column(s) {absent[:SHOWN_ROWS]} named by the feature/target list."
+        )
     return problems
 
 

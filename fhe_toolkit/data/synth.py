@@ -125,9 +125,11 @@ def _structure(config: SynthConfig) -> _Structure:
              for _ in range(max(1, n // 20))}  # fmt: skip
     pairs = {(int(a), int(b)): float(rng.normal(0, 0.7))
              for a, b in rng.choice(n, size=(max(1, n // 20), 2), replace=False)}  # fmt: skip
+    loading = rng.uniform(0.3, 0.8, size=n)
+    # A stream of its own, so that an era's regime does not depend on how many eras there are.
     last_era = config.era_splits()[-1][0]
-    switches = rng.random(last_era + 1) < 1.0 / config.regime_length
-    regime = np.where(np.cumsum(switches) % 2 == 0, 1.0, -1.0)
+    switches = np.random.default_rng([config.seed, 2]).random(last_era + 1)
+    regime = np.where(np.cumsum(switches < 1.0 / config.regime_length) % 2 == 0, 1.0, -1.0)
 
     planted = list(dict.fromkeys([*linear, *square, *flips, *(i for pair in pairs for i in pair)]))
     unplanted = [int(i) for i in order if i not in set(planted)]
@@ -143,7 +145,7 @@ def _structure(config: SynthConfig) -> _Structure:
     return _Structure(
         names=names,
         group=group,
-        loading=rng.uniform(0.3, 0.8, size=n),
+        loading=loading,
         linear=linear,
         square=square,
         pairs=pairs,
@@ -230,7 +232,9 @@ def make_tournament(config: SynthConfig | None = None) -> tuple[pd.DataFrame, Fe
 
 
 def feature_metadata(config: SynthConfig) -> FeatureMetadata:
-    return FeatureMetadata(feature_sets=_structure(config).feature_sets, targets=list(config.targets))
+    return FeatureMetadata(
+        feature_sets=_structure(config).feature_sets, targets=list(config.targets)
+    )
 
 
 def synthesize(

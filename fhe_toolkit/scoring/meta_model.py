@@ -17,16 +17,18 @@ DEFAULT_PAYOUT_CLIP = 0.05
 
 def check_stakes(stakes: object, models: pd.Index | None = None) -> pd.Series:
     """Stakes as a float Series by model: finite, non-negative, naming only known models."""
-    stakes = require_series(stakes, "stakes")
-    values = pd.to_numeric(stakes, errors="coerce")
+    given = require_series(stakes, "stakes")
+    values = pd.to_numeric(given, errors="coerce")
     bad = values.index[~np.isfinite(values.to_numpy(np.float64)) | (values < 0)].tolist()
     if bad:
         raise ScoringInputError(
-            f"stakes must be finite and ≥ 0, but model(s) {bad[:5]} have {stakes[bad[:5]].tolist()}."
+            f"stakes must be finite and ≥ 0, but model(s) {bad[:5]} have "
+            f"{given[bad[:5]].tolist()}."
         )
     if not values.index.is_unique:
         raise ScoringInputError(
-            f"stakes name model(s) more than once: {values.index[values.index.duplicated()].tolist()}."
+            "stakes name model(s) more than once: "
+            f"{values.index[values.index.duplicated()].tolist()}."
         )
     if models is not None:
         unknown = values.index.difference(models)

@@ -169,7 +169,7 @@ def neutralize(
     neutralizers: pd.DataFrame,
     proportion: float = 1.0,
 ) -> pd.DataFrame:
-    """Remove ``proportion`` of each column's least-squares fit on the neutralizers (plus intercept).
+    """Subtract ``proportion`` of each column's least-squares fit on the neutralizers (+ 1s).
 
     ``neutralizers`` is aligned to ``df`` by id and must cover every id of ``df``. A constant column
     of ``df`` comes back as NaN, as in numerai-tools. The result keeps ``df``'s row order.
