@@ -13,7 +13,6 @@ from scipy import stats
 
 from fhe_toolkit.scoring._checks import require_frame
 
-
 SMALL_INTEGER_LEVELS = 64
 """Integer columns spanning fewer values than this are ranked by counting, not sorting."""
 
