@@ -22,8 +22,7 @@ def check_stakes(stakes: object, models: pd.Index | None = None) -> pd.Series:
     bad = values.index[~np.isfinite(values.to_numpy(np.float64)) | (values < 0)].tolist()
     if bad:
         raise ScoringInputError(
-            f"stakes must be finite and ≥ 0, but model(s) {bad[:5]} have "
-            f"{given[bad[:5]].tolist()}."
+            f"stakes must be finite and ≥ 0, but model(s) {bad[:5]} have {given[bad[:5]].tolist()}."
         )
     if not values.index.is_unique:
         raise ScoringInputError(

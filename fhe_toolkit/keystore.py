@@ -1,0 +1,106 @@
+"""The fund's key store: one fresh key set per (model, round), used for one decryption.
+
+Layout: ``<root>/<round>/<model>/`` holding ``keyset.bin`` (secret and evaluation keys; mode
+0600, folder 0700), ``client_specs.json`` and ``keyset.json`` (ids and dates). Retiring a key set
+deletes ``keyset.bin`` and leaves ``retired.json``, so a second decryption is refused by name.
+Nothing here is ever copied into a bundle: bundles carry evaluation keys only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from fhe_toolkit.errors import FheToolkitError
+from fhe_toolkit.manifest import write_atomic
+from fhe_toolkit.modelspec import ModelSpec
+
+KEYSET = "keyset.bin"
+SPECS = "client_specs.json"
+INFO = "keyset.json"
+RETIRED = "retired.json"
+
+
+class KeyStoreError(FheToolkitError, ValueError):
+    """A key set that does not exist, exists already, or was retired."""
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """A key set in the store. ``client`` (secret keys in memory) exists only when just created."""
+
+    key_set_id: str
+    directory: Path
+    evaluation_keys: bytes
+    client: object
+
+
+class KeyStore:
+    def __init__(self, root: str | Path = "keys") -> None:
+        self.root = Path(root)
+
+    def directory(self, round_id: str, model: str) -> Path:
+        return self.root / round_id / model
+
+    def create(self, round_id: str, model: str, spec: ModelSpec) -> KeySet:
+        """Generate fresh keys for (model, round) and store them; refuse if any exist already."""
+        from concrete import fhe
+
+        folder = self.directory(round_id, model)
+        if folder.exists():
+            raise KeyStoreError(
+                f"keys for model {model!r} in round {round_id!r} exist already ({folder}); "
+                "each (model, round) gets one key set."
+            )
+        folder.mkdir(parents=True, mode=0o700)
+        os.chmod(folder, 0o700)
+        client = fhe.Client(fhe.ClientSpecs.deserialize(spec.client_specs_bytes()))
+        client.keygen()
+        key_set_id = uuid.uuid4().hex
+        write_atomic(folder / KEYSET, client.keys.serialize(), mode=0o600)
+        write_atomic(folder / SPECS, spec.client_specs_bytes(), mode=0o600)
+        info = {
+            "key_set_id": key_set_id,
+            "round_id": round_id,
+            "model": model,
+            "spec_sha256": spec.sha256(),
+            "created_at": _now(),
+        }
+        write_atomic(folder / INFO, json.dumps(info, indent=1).encode(), mode=0o600)
+        return KeySet(key_set_id, folder, client.evaluation_keys.serialize(), client)
+
+    def info(self, round_id: str, model: str) -> dict[str, str]:
+        path = self.directory(round_id, model) / INFO
+        if not path.is_file():
+            raise KeyStoreError(f"no keys were made for model {model!r} in round {round_id!r}.")
+        info: dict[str, str] = json.loads(path.read_text())
+        return info
+
+    def keyset_path(self, round_id: str, model: str) -> Path:
+        """The secret key file, refusing retired or missing key sets with the reason."""
+        folder = self.directory(round_id, model)
+        retired = folder / RETIRED
+        if retired.is_file():
+            when = json.loads(retired.read_text()).get("retired_at", "?")
+            raise KeyStoreError(
+                f"the keys of model {model!r} for round {round_id!r} were retired at {when} "
+                "after their one decryption; a key set decrypts once."
+            )
+        path = folder / KEYSET
+        if not path.is_file():
+            raise KeyStoreError(f"no secret keys for model {model!r} in round {round_id!r}.")
+        return path
+
+    def retire(self, round_id: str, model: str, reason: str) -> None:
+        folder = self.directory(round_id, model)
+        record = {"retired_at": _now(), "reason": reason}
+        write_atomic(folder / RETIRED, json.dumps(record, indent=1).encode(), mode=0o600)
+        (folder / KEYSET).unlink(missing_ok=True)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

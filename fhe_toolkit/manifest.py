@@ -1,0 +1,144 @@
+"""Manifests: what a bundle or submission directory holds, bound to its round, model and keys.
+
+A manifest lists every file with its size and SHA-256. Reading one checks all of them, refuses
+file names that could point outside the directory, and refuses files over the size limit, so a
+truncated, swapped or tampered file is caught before anything is decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fhe_toolkit.errors import FheToolkitError
+from fhe_toolkit.modelspec import NAME_PATTERN
+
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 1_000_000
+MAX_FILE_BYTES = 64 * 2**30
+ROUND_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+FILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+HEX64 = r"^[0-9a-f]{64}$"
+
+
+class ManifestError(FheToolkitError, ValueError):
+    """A bundle or submission whose manifest or files do not check out."""
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    sha256: str = Field(pattern=HEX64)
+    size: int = Field(ge=0, le=MAX_FILE_BYTES)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    format: Literal["fhe-toolkit/manifest"] = "fhe-toolkit/manifest"
+    format_version: Literal[1] = 1
+    kind: Literal["round-bundle", "submission"]
+    round_id: str = Field(pattern=ROUND_PATTERN)
+    model: str = Field(pattern=NAME_PATTERN)
+    key_set_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    spec_sha256: str = Field(pattern=HEX64)
+    bundle_sha256: str | None = Field(default=None, pattern=HEX64)
+    n_rows: int = Field(ge=1)
+    n_batches: int = Field(ge=1)
+    batch_size: int = Field(ge=1, le=1024)
+    files: dict[str, FileEntry]
+    versions: dict[str, str]
+    created_at: str
+
+    @field_validator("files")
+    @classmethod
+    def _safe_names(cls, files: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        bad = [name for name in files if not re.fullmatch(FILE_PATTERN, name) or ".." in name]
+        if bad or MANIFEST in files:
+            raise ValueError(f"file names must be plain names inside the directory: {bad[:3]}")
+        return files
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(4 * 2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, files: list[str], **fields: object) -> str:
+    """Hash ``files`` (names inside ``directory``) and write the manifest; return its SHA-256."""
+    entries = {
+        name: {"sha256": sha256_file(directory / name), "size": (directory / name).stat().st_size}
+        for name in files
+    }
+    manifest = Manifest.model_validate(
+        {
+            **fields,
+            "files": entries,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
+    text = json.dumps(manifest.model_dump(mode="json"), indent=1, sort_keys=True)
+    write_atomic(directory / MANIFEST, text.encode())
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_manifest(directory: str | Path, kind: str) -> tuple[Manifest, str]:
+    """Read and check the manifest of ``directory`` and every file it lists.
+
+    Returns the manifest and the SHA-256 of the manifest file (the directory's identity).
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise ManifestError(f"{directory} is not a directory.")
+    if not path.is_file():
+        raise ManifestError(f"{directory} has no {MANIFEST}: it is not a {kind} directory.")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path} is larger than any manifest ({MAX_MANIFEST_BYTES:,} bytes).")
+    raw = path.read_bytes()
+    try:
+        manifest = Manifest.model_validate(json.loads(raw))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path} is not JSON ({exc}).") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in exc.errors()[:6]
+        )
+        raise ManifestError(f"{path} is not a valid manifest: {problems}") from None
+    if manifest.kind != kind:
+        raise ManifestError(f"{directory} holds a {manifest.kind}, not a {kind}.")
+    for name, entry in manifest.files.items():
+        file = directory / name
+        if file.is_symlink() or not file.is_file():
+            raise ManifestError(f"{directory} lacks {name}, which its manifest lists.")
+        size = file.stat().st_size
+        if size != entry.size:
+            raise ManifestError(
+                f"{file} is {size:,} bytes but the manifest says {entry.size:,}: the file is "
+                "truncated or was changed after the manifest was written."
+            )
+        if sha256_file(file) != entry.sha256:
+            raise ManifestError(
+                f"{file} does not match its SHA-256 in the manifest: it was changed or corrupted."
+            )
+    return manifest, hashlib.sha256(raw).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

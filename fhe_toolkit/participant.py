@@ -1,0 +1,328 @@
+"""The participant's side: train a quantized model, check it, compile it, export its public spec,
+and run it on the fund's encrypted round bundles.
+
+A participant's model directory::
+
+    model_dir/
+      model_spec.json   public: send it to the fund to register
+      deployment/       private: client.zip and server.zip (the weights, in clear MLIR)
+      training.json     what was trained, on what, with which settings
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fhe_toolkit import __version__
+from fhe_toolkit.bundle import open_bundle, write_submission
+from fhe_toolkit.checkpoint import Checkpoint
+from fhe_toolkit.compiling import (
+    compile_for_batches,
+    predict_clear,
+    predict_quantized,
+    predict_simulated,
+)
+from fhe_toolkit.data.schema import ERA
+from fhe_toolkit.errors import FheToolkitError
+from fhe_toolkit.families import Family, get_family
+from fhe_toolkit.jobs import ServerJob
+from fhe_toolkit.modelspec import ModelSpec, QuantizerSpec, load_spec
+from fhe_toolkit.pool import RowsCrashedError, run_rows
+from fhe_toolkit.scoring import score_eras, summarize
+
+SPEC_FILE = "model_spec.json"
+DEPLOYMENT_DIR = "deployment"
+TRAINING_FILE = "training.json"
+
+
+class ParticipantError(FheToolkitError, ValueError):
+    """A participant-side step that cannot go ahead as asked."""
+
+
+@dataclass
+class TrainedModel:
+    """A fitted Concrete ML model with what it was trained on."""
+
+    family: Family
+    features: list[str]
+    target: str
+    estimator: Any
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, data: pd.DataFrame, mode: str = "quantized") -> pd.Series:
+        """Predictions by id: ``clear`` (float model), ``quantized`` (what FHE decrypts to) or
+        ``simulated`` (the compiled circuit in Concrete's simulation)."""
+        x = _features(data, self.features)
+        if mode == "clear":
+            values = predict_clear(self.estimator, self.family, x)
+        elif mode == "quantized":
+            values = predict_quantized(self.estimator, self.family, x)
+        elif mode == "simulated":
+            if not self.is_compiled:
+                raise ParticipantError("compile the model first (compile_model) to simulate it.")
+            values = predict_simulated(self.estimator, self.family, x, self.family.batch_size)
+        else:
+            raise ParticipantError(f"mode must be clear, quantized or simulated, not {mode!r}.")
+        return pd.Series(values, index=data.index, name=mode)
+
+    @property
+    def is_compiled(self) -> bool:
+        return bool(getattr(self.estimator, "_is_compiled", False))
+
+
+def train_model(
+    data: pd.DataFrame,
+    *,
+    family: str,
+    features: Sequence[str],
+    target: str = "target",
+    params: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> TrainedModel:
+    """Fit a Concrete ML model of ``family`` on the training rows.
+
+    ``params`` override the family's defaults (see :data:`fhe_toolkit.families.FAMILIES`).
+    Classification families learn whether the target is above its median bucket (0.5); the
+    neural net learns the target as buckets -2..2 (scores are rank-based, so this changes none).
+    Rows with a NaN target are left out.
+    """
+    info = get_family(family)
+    features = list(features)
+    missing = [c for c in [*features, target] if c not in data.columns]
+    if missing:
+        raise ParticipantError(f"training data has no column(s) {missing[:5]}.")
+    rows = data[data[target].notna()]
+    if len(rows) < 20:
+        raise ParticipantError(f"only {len(rows)} training rows have a {target!r} value.")
+    import concrete.ml.sklearn as cml
+
+    settings = {**info.defaults, **(params or {})}
+    if info.estimator not in ("LinearRegression", "NeuralNetRegressor"):
+        settings.setdefault("random_state", seed)
+    if info.estimator == "NeuralNetRegressor":
+        import torch
+
+        torch.manual_seed(seed)
+    try:
+        estimator = getattr(cml, info.estimator)(**settings)
+    except TypeError as exc:
+        raise ParticipantError(f"bad parameter for {info.estimator}: {exc}") from None
+    x = _features(rows, features)
+    y = rows[target].to_numpy(np.float32)
+    if info.task == "classification":
+        y = (y > 0.5).astype(np.int64)
+    elif info.estimator == "NeuralNetRegressor":
+        # Buckets -2..2: a 0..1 target around 0.5 falls within one level of the output quantizer.
+        y = ((y - 0.5) * 4).reshape(-1, 1)
+    estimator.fit(x, y)
+    return TrainedModel(info, features, target, estimator, settings)
+
+
+def compile_model(model: TrainedModel, sample: pd.DataFrame, max_rows: int = 1000) -> None:
+    """Compile for FHE, calibrating on up to ``max_rows`` rows of ``sample``."""
+    x = _features(sample.iloc[:max_rows], model.features)
+    compile_for_batches(model.estimator, x, model.family.batch_size)
+
+
+def diagnose(
+    model: TrainedModel,
+    validation: pd.DataFrame,
+    *,
+    benchmark: pd.Series | None = None,
+    modes: Sequence[str] = ("clear", "quantized", "simulated"),
+    exposure_features: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Score the model on validation eras in each mode, so the quantization loss is visible.
+
+    Returns per (mode, metric) the mean, std, Sharpe and max drawdown over eras: CORR, BMC
+    (when a benchmark is given), FNC and feature exposure, with the shared scoring modules.
+    """
+    rows = validation[validation[model.target].notna()]
+    predictions = pd.DataFrame({mode: model.predict(rows, mode) for mode in modes})
+    per_era = score_eras(
+        predictions,
+        rows,
+        target=model.target,
+        benchmark=benchmark,
+        exposure_features=list(exposure_features or model.features),
+        fnc_features=list(exposure_features or model.features),
+    )
+    return summarize(per_era).rename_axis(["mode", "metric"])
+
+
+def export_model(model: TrainedModel, out_dir: str | Path, name: str) -> ModelSpec:
+    """Write the deployment (private) and the public model spec into ``out_dir``.
+
+    The model must be compiled. Refuses to overwrite an existing model directory's deployment.
+    """
+    if not model.is_compiled:
+        raise ParticipantError("compile the model (compile_model) before exporting it.")
+    from concrete.ml.deployment import FHEModelDev
+
+    out = Path(out_dir)
+    deployment = out / DEPLOYMENT_DIR
+    if deployment.exists() and any(deployment.iterdir()):
+        raise ParticipantError(
+            f"{deployment} already holds a compiled model; export to a new directory (keys "
+            "issued for the old one would not fit a new compilation)."
+        )
+    estimator = model.estimator
+    spec = ModelSpec(
+        name=name,
+        family=model.family.name,
+        target=model.target,
+        features=model.features,
+        batch_size=model.family.batch_size,
+        input_quantizers=[QuantizerSpec.from_quantizer(q) for q in estimator.input_quantizers],
+        output_quantizer=QuantizerSpec.from_quantizer(estimator.output_quantizers[0]),
+        client_specs=json.loads(estimator.fhe_circuit.client.specs.serialize()),
+        versions=package_versions(),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    FHEModelDev(str(deployment), estimator).save()
+    (out / SPEC_FILE).write_text(spec.to_json())
+    (out / TRAINING_FILE).write_text(
+        json.dumps(
+            {
+                "family": model.family.name,
+                "estimator": model.family.estimator,
+                "params": {k: _jsonable(v) for k, v in model.params.items()},
+                "features": model.features,
+                "target": model.target,
+                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            indent=1,
+        )
+    )
+    return spec
+
+
+def load_model_dir(model_dir: str | Path) -> tuple[ModelSpec, Path]:
+    """The spec and deployment directory of an exported model, checked to belong together."""
+    root = Path(model_dir)
+    spec = load_spec(root / SPEC_FILE)
+    deployment = root / DEPLOYMENT_DIR
+    if not (deployment / "server.zip").is_file():
+        raise ParticipantError(
+            f"{deployment / 'server.zip'} is missing: {root} is not an exported model directory "
+            "(see `fhe-toolkit participant train`)."
+        )
+    return spec, deployment
+
+
+def package_versions() -> dict[str, str]:
+    return {
+        "concrete-ml": metadata.version("concrete-ml"),
+        "concrete-python": metadata.version("concrete-python"),
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "fhe-toolkit": __version__,
+    }
+
+
+def _features(data: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
+    missing = [c for c in features if c not in data.columns]
+    if missing:
+        raise ParticipantError(
+            f"data has no column(s) {missing[:5]} that the model uses; load it with the same "
+            "feature set the model was trained on."
+        )
+    if ERA not in data.columns:
+        raise ParticipantError("data has no 'era' column.")
+    return data[list(features)].to_numpy(np.float32)
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
+
+
+class RunError(FheToolkitError, RuntimeError):
+    """Rows the FHE runtime could not process; finished rows stay in the checkpoint."""
+
+
+CHECKPOINT = ".checkpoint.sqlite"
+
+
+def run_bundle(
+    bundle_dir: str | Path,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Run the exported model on every encrypted row of a round bundle; write the submission.
+
+    Rows run in worker processes on all cores (a crash of Concrete's runtime costs a worker, and
+    is reported with the row's ids). Finished batches are checkpointed in ``out_dir``, so running
+    again after an interruption only computes what is left. ``on_progress(rows_done, rows)``
+    reports progress. Returns the submission directory (``out_dir``).
+    """
+    spec, deployment = load_model_dir(model_dir)
+    bundle = open_bundle(bundle_dir)
+    if bundle.manifest.model != spec.name or bundle.manifest.spec_sha256 != spec.sha256():
+        raise ParticipantError(
+            f"{bundle_dir} was encrypted for model {bundle.manifest.model!r} (spec "
+            f"{bundle.manifest.spec_sha256[:12]}…), but {model_dir} holds model {spec.name!r} "
+            f"(spec {spec.sha256()[:12]}…); run each bundle with the model it was made for."
+        )
+    mine = package_versions()
+    if spec.versions.get("concrete-python") != mine["concrete-python"]:
+        raise ParticipantError(
+            f"the model was compiled with concrete-python {spec.versions.get('concrete-python')}"
+            f" but {mine['concrete-python']} is installed; re-export it with this version."
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = bundle.ciphertexts()
+    sizes = table["ids"].map(len).tolist()
+    checkpoint = Checkpoint(out / CHECKPOINT, owner=bundle.sha256)
+    try:
+        done = checkpoint.done()
+        finished = sum(sizes[b] for b in done)
+
+        def report(batch: int | None = None) -> None:
+            nonlocal finished
+            finished += 0 if batch is None else sizes[batch]
+            if on_progress is not None:
+                on_progress(finished, sum(sizes))
+
+        report()
+        try:
+            failures = run_rows(
+                ServerJob(str(deployment / "server.zip"), str(bundle.evaluation_keys_path)),
+                table["ciphertext"].tolist(),
+                [b for b in range(len(sizes)) if b not in done],
+                checkpoint.add,
+                workers=workers,
+                chunk_size=1 if spec.batch_size > 1 else 4,
+                on_done=report,
+            )
+        except RowsCrashedError as exc:
+            failures = exc.failures
+        checkpoint.commit()
+        if failures:
+            listing = "; ".join(
+                f"batch {f.position} (ids {list(table['ids'][f.position][:2])}…): {f.reason}"
+                for f in failures[:3]
+            )
+            raise RunError(
+                f"{len(failures)} batch(es) failed: {listing}. If every batch fails, the bundle's "
+                f"keys or ciphertexts do not fit this model. Finished rows are kept in "
+                f"{out / CHECKPOINT}; running again computes only what is left."
+            )
+        write_submission(out, bundle, [data for _, data in checkpoint.outputs()], mine)
+    except BaseException:
+        checkpoint.close()
+        raise
+    checkpoint.close(delete=True)
+    return out
