@@ -1,23 +1,15 @@
-"""``fhe-toolkit``: a thin command line over the Python API.
-
-Every command's errors come out as one clear message (no traceback) and exit status 2.
-"""
+"""``fhe-toolkit data ...`` and ``fhe-toolkit score``: tournament data and clear scoring."""
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import pandas as pd
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from fhe_toolkit import __version__
+from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
 from fhe_toolkit.data import (
     SynthConfig,
     load_features_json,
@@ -26,55 +18,11 @@ from fhe_toolkit.data import (
     target_columns,
 )
 from fhe_toolkit.data.io import FEATURES_JSON
-from fhe_toolkit.errors import FheToolkitError
 from fhe_toolkit.scoring import score_eras, summarize
 from fhe_toolkit.tables import print_frame, summary_by_model
 
-F = TypeVar("F", bound=Callable[..., Any])
-# A wider table than the 80 columns rich assumes when output is piped (CI logs, files).
-console = Console(width=None if sys.stdout.isatty() else 120)
 
-
-class ToolkitClickError(click.ClickException):
-    exit_code = 2
-
-
-def friendly_errors(func: F) -> F:
-    """Turn the toolkit's own errors into a one-line CLI error instead of a traceback."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except FheToolkitError as exc:
-            raise ToolkitClickError(str(exc)) from exc
-
-    return wrapper  # type: ignore[return-value]
-
-
-def era_progress(description: str) -> Progress:
-    return Progress(
-        TextColumn(description),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("eras"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="fhe-toolkit")
-def main() -> None:
-    """Numerai-style tournaments on encrypted data.
-
-    The fund encrypts its features; participants run quantized models on the ciphertexts; the
-    fund decrypts the predictions and scores them with the shared scoring modules.
-    """
-
-
-@main.group()
+@click.group()
 def data() -> None:
     """Tournament data: generate synthetic data, or check real Numerai files."""
 
@@ -124,8 +72,8 @@ def data_synth(out_dir: Path, **settings: Any) -> None:
     --rows-per-era 5000 --features 780
     """
     config = SynthConfig(**settings)
-    with era_progress("synthesizing") as progress:
-        task = progress.add_task("synth", total=len(config.era_splits()))
+    with progress_bar("eras") as progress:
+        task = progress.add_task("synthesizing", total=len(config.era_splits()))
         paths = synthesize(
             out_dir, config, on_era=lambda done, _: progress.update(task, completed=done)
         )
@@ -158,7 +106,7 @@ def data_validate(path: Path, feature_set: str | None, features_json: Path | Non
     )
 
 
-@main.command("score")
+@click.command("score")
 @click.argument("predictions_path", metavar="PREDICTIONS", type=click.Path(path_type=Path))
 @click.option(
     "--data",
@@ -300,7 +248,3 @@ def _read_json(path: Path) -> Any:
 def _union(*lists: list[str] | None) -> list[str] | None:
     present = [x for x in lists if x is not None]
     return list(dict.fromkeys(c for x in present for c in x)) if present else None
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,100 @@
+"""``fhe-toolkit``: a thin command line over the Python API.
+
+Every command's expected errors come out as one clear message (no traceback) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from fhe_toolkit import __version__
+from fhe_toolkit.errors import FheToolkitError
+
+F = TypeVar("F", bound=Callable[..., Any])
+# A wider table than the 80 columns rich assumes when output is piped (CI logs, files).
+console = Console(width=None if sys.stdout.isatty() else 120)
+
+
+class ToolkitClickError(click.ClickException):
+    exit_code = 2
+
+
+def friendly_errors(func: F) -> F:
+    """Turn the toolkit's own errors into a one-line CLI error instead of a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FheToolkitError as exc:
+            raise ToolkitClickError(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, e.g. ``12.3 rows/s``."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.1f} {self.unit}/s", style="cyan")
+
+
+def progress_bar(unit: str) -> Progress:
+    """A progress display on stderr: done/total, rate, elapsed and ETA."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fhe-toolkit")
+def main() -> None:
+    """Numerai-style tournaments on encrypted data.
+
+    The fund encrypts its live features with FHE; participants run their quantized models on
+    the ciphertexts; the fund decrypts the predictions and scores them with the shared scoring
+    modules. Start with `fhe-toolkit demo`, which runs a whole round.
+    """
+
+
+def _register() -> None:
+    from fhe_toolkit.cli import data, demo, fund, participant
+
+    main.add_command(data.data)
+    main.add_command(data.score)
+    main.add_command(fund.fund)
+    main.add_command(participant.participant)
+    main.add_command(demo.demo)
+
+
+_register()

@@ -1,0 +1,3 @@
+from fhe_toolkit.cli import main
+
+main()

@@ -1,0 +1,189 @@
+"""``fhe-toolkit participant ...``: train, check and export a model; run it on a round bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
+from fhe_toolkit.data import load_features_json, load_tournament
+from fhe_toolkit.data.io import FEATURES_JSON
+from fhe_toolkit.families import FAMILIES
+from fhe_toolkit.participant import (
+    SPEC_FILE,
+    compile_model,
+    diagnose,
+    export_model,
+    run_bundle,
+    train_model,
+)
+from fhe_toolkit.tables import print_frame
+
+
+@click.group()
+def participant() -> None:
+    """Participant: train a quantized model, export its public spec, run it on ciphertexts.
+
+    \b
+    1. fhe-toolkit participant train --train train.parquet --family linear --name me --out me/
+    2. send me/model_spec.json to the fund; keep me/deployment/ (your weights) to yourself
+    3. fhe-toolkit participant run BUNDLE_DIR --model me/ --out submission/
+    4. send submission/ to the fund
+    """
+
+
+@participant.command("families")
+def families() -> None:
+    """List the model families, their FHE-sized defaults and rough cost per row."""
+    rows = pd.DataFrame(
+        {
+            "estimator": {f.name: f.estimator for f in FAMILIES.values()},
+            "rows/ciphertext": {f.name: f.batch_size for f in FAMILIES.values()},
+            "defaults": {f.name: json.dumps(f.defaults) for f in FAMILIES.values()},
+            "notes": {f.name: f.summary for f in FAMILIES.values()},
+        }
+    ).rename_axis("family")
+    print_frame(rows, "Model families (override defaults with --param key=value)", console)
+
+
+@participant.command("train")
+@click.option(
+    "--train",
+    "train_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Numerai-format training parquet (released training eras).",
+)
+@click.option(
+    "--family",
+    required=True,
+    type=click.Choice(sorted(FAMILIES)),
+    help="Model family; see `fhe-toolkit participant families`.",
+)
+@click.option("--name", required=True, help="Model name the fund will know it by (a-z, 0-9, _ -).")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="New directory for the model (spec, deployment, training record).",
+)
+@click.option(
+    "--feature-set", default="small", show_default=True, help="Feature set from features.json."
+)
+@click.option(
+    "--features-json",
+    type=click.Path(path_type=Path),
+    help=f"Path to features.json (default: {FEATURES_JSON} beside --train).",
+)
+@click.option("--target", default="target", show_default=True)
+@click.option(
+    "--validation",
+    "validation_path",
+    type=click.Path(path_type=Path),
+    help="Validation parquet: score the model in clear, quantized and simulated FHE.",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a family default, e.g. --param max_depth=4 (repeatable).",
+)
+@click.option("--seed", default=0, show_default=True)
+@friendly_errors
+def train(
+    train_path: Path,
+    family: str,
+    name: str,
+    out_dir: Path,
+    feature_set: str,
+    features_json: Path | None,
+    target: str,
+    validation_path: Path | None,
+    params: tuple[str, ...],
+    seed: int,
+) -> None:
+    """Train, compile and export a model; optionally check it on validation eras.
+
+    Writes OUT/model_spec.json (public: send it to the fund), OUT/deployment/ (private: your
+    compiled weights) and OUT/training.json. With --validation, prints CORR, FNC and exposure
+    of the float model, the quantized model and the compiled circuit in simulation, so the cost
+    of quantization is visible before anything is encrypted.
+    """
+    if (out_dir / SPEC_FILE).exists():
+        raise ToolkitClickError(f"{out_dir} holds an exported model already; choose a new --out.")
+    features = load_features_json(features_json or train_path.with_name(FEATURES_JSON)).features(
+        feature_set
+    )
+    data = load_tournament(train_path, features=features, targets=[target])
+    with console.status(f"training {family} on {len(data):,} rows × {len(features)} features"):
+        model = train_model(
+            data, family=family, features=features, target=target,
+            params=_parse_params(params), seed=seed,
+        )  # fmt: skip
+    with console.status("compiling for FHE"):
+        compile_model(model, data)
+    spec = export_model(model, out_dir, name)
+    console.print(
+        f"exported [bold]{spec.name}[/bold] ({family}, {len(features)} features) to {out_dir}"
+    )
+    if validation_path is not None:
+        validation = load_tournament(validation_path, features=features, targets=[target])
+        with console.status("scoring on validation eras"):
+            report = diagnose(model, validation)
+        table = report["mean"].unstack("metric")
+        print_frame(table, "Validation, mean per era: clear vs quantized vs simulated FHE", console)
+        report.to_csv(out_dir / "diagnostics.csv")
+    console.print(
+        f"next: send {out_dir / SPEC_FILE} to the fund; keep {out_dir / 'deployment'} private"
+    )
+
+
+@participant.command("run")
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The model directory written by `participant train`.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Submission directory (also holds the checkpoint of an interrupted run).",
+)
+@click.option("--workers", type=int, help="Worker processes (default: one per core).")
+@friendly_errors
+def run(bundle_dir: Path, model_dir: Path, out_dir: Path, workers: int | None) -> None:
+    """Run your model on every encrypted row of BUNDLE_DIR and write the submission.
+
+    Rows run in worker processes on all cores; a crash of the FHE runtime costs one worker and
+    is reported with the row. Interrupted? Run the same command again: finished rows are kept.
+    """
+    with progress_bar("rows") as progress:
+        task = progress.add_task("FHE inference", total=None)
+        submission = run_bundle(
+            bundle_dir, model_dir, out_dir, workers=workers,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )  # fmt: skip
+    console.print(f"submission written to {submission}; send this directory to the fund")
+
+
+def _parse_params(pairs: tuple[str, ...]) -> dict[str, object]:
+    params: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ToolkitClickError(f"--param takes KEY=VALUE, got {pair!r}.")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
