@@ -1,0 +1,235 @@
+"""A whole round in real FHE on tiny models and few rows (70 live rows, 5 features; a linear
+model and a depth-2 tree): exactness, keys, and every refusal, on the fund's and the
+participant's side."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fhe_toolkit.bundle import CIPHERTEXTS, EVALUATION_KEYS, PREDICTIONS, open_bundle
+from fhe_toolkit.checkpoint import Checkpoint
+from fhe_toolkit.data import SynthConfig, load_features_json, load_tournament, synthesize
+from fhe_toolkit.fund import Fund, FundError, fund_benchmark
+from fhe_toolkit.keystore import KeyStoreError
+from fhe_toolkit.manifest import MANIFEST, ManifestError, write_manifest
+from fhe_toolkit.participant import (
+    CHECKPOINT,
+    ParticipantError,
+    RunError,
+    compile_model,
+    export_model,
+    run_bundle,
+    train_model,
+)
+
+pytestmark = pytest.mark.fhe
+
+CONFIG = SynthConfig(
+    train_eras=20, validation_eras=2, live_eras=1, rows_per_era=70, n_features=12, n_groups=3
+)
+MODELS = {"lin": ("linear", {}), "tree": ("decision_tree", {"max_depth": 2})}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("round")
+    paths = synthesize(root / "data", CONFIG)
+    train = load_tournament(paths["train"])
+    live = load_tournament(paths["live"])
+    features = load_features_json(paths["features"]).features("small")
+    fund = Fund(root / "fund", root / "keys")
+    models = {}
+    for name, (family, params) in MODELS.items():
+        model = train_model(train, family=family, features=features, params=params)
+        compile_model(model, train)
+        export_model(model, root / name, name)
+        fund.register(root / name / "model_spec.json", stake=10.0)
+        models[name] = model
+    bundles = fund.open_round("r1", live)
+    pristine = root / "pristine"
+    for name, bundle in bundles.items():
+        shutil.copytree(bundle, pristine / name)
+    submissions = {
+        name: run_bundle(bundles[name], root / name, root / f"sub-{name}", workers=2)
+        for name in MODELS
+    }
+    return {
+        "root": root, "paths": paths, "train": train, "live": live, "fund": fund,
+        "models": models, "bundles": pristine, "submissions": submissions,
+    }  # fmt: skip
+
+
+def copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def rewrite_manifest(directory: Path) -> None:
+    """What a careless or hostile sender does: change files, then re-hash them."""
+    raw = json.loads((directory / MANIFEST).read_text())
+    kept = {k: v for k, v in raw.items() if k not in ("files", "created_at")}
+    write_manifest(directory, list(raw["files"]), **kept)
+
+
+@pytest.fixture(scope="module")
+def refusals(world, tmp_path_factory) -> dict[str, str]:
+    """Bad submissions, each refused before any decryption (run before the genuine ones)."""
+    fund, work = world["fund"], tmp_path_factory.mktemp("bad-submissions")
+    good = world["submissions"]["lin"]
+    messages = {}
+
+    def attempt(label: str, directory: Path) -> None:
+        with pytest.raises((FundError, ManifestError)) as err:
+            fund.receive("r1", directory, workers=1)
+        messages[label] = str(err.value)
+
+    missing = copy(good, work / "missing")
+    table = pq.read_table(missing / PREDICTIONS)
+    pq.write_table(table.slice(0, table.num_rows - 1), missing / PREDICTIONS)
+    raw = (missing / MANIFEST).read_text().replace('"n_batches": 2', '"n_batches": 1')
+    (missing / MANIFEST).write_text(raw)
+    rewrite_manifest(missing)
+    attempt("missing batch", missing)
+
+    repeated = copy(good, work / "repeated")
+    table = pq.read_table(repeated / PREDICTIONS)
+    doubled = pa.concat_tables([table.slice(0, 1), table.slice(0, 1)])
+    pq.write_table(doubled, repeated / PREDICTIONS)
+    rewrite_manifest(repeated)
+    attempt("repeated batch", repeated)
+
+    tampered = copy(good, work / "tampered-file")
+    with (tampered / PREDICTIONS).open("r+b") as handle:
+        handle.seek(200)
+        handle.write(b"\x00" * 16)
+    attempt("tampered file", tampered)
+
+    other_round = copy(good, work / "other-round")
+    text = (other_round / MANIFEST).read_text().replace('"round_id": "r1"', '"round_id": "r0"')
+    (other_round / MANIFEST).write_text(text)
+    attempt("other round", other_round)
+
+    swapped = copy(good, work / "swapped-model")
+    text = (swapped / MANIFEST).read_text().replace('"model": "lin"', '"model": "tree"')
+    (swapped / MANIFEST).write_text(text)
+    attempt("claims another model", swapped)
+    return messages
+
+
+def test_bad_submissions_are_refused_before_decryption(world, refusals):
+    assert "n_batches" in refusals["missing batch"]
+    assert "repeated [0]" in refusals["repeated batch"]
+    assert "SHA-256" in refusals["tampered file"]
+    assert "round 'r0'" in refusals["other round"]
+    assert "another bundle" in refusals["claims another model"]
+    # Nothing was decrypted or stored: the keys still exist, no submission was kept.
+    assert world["fund"].keys.keyset_path("r1", "lin").is_file()
+    assert not (world["fund"].round_dir("r1") / "submissions" / "lin").exists()
+
+
+@pytest.fixture(scope="module")
+def received(world, refusals) -> dict[str, pd.Series]:
+    return {name: world["fund"].receive("r1", world["submissions"][name]) for name in MODELS}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_decrypted_predictions_equal_clear_quantized_predictions(world, received, name):
+    expected = world["models"][name].predict(world["live"], "quantized")
+    got = received[name].loc[expected.index]
+    np.testing.assert_array_equal(got.to_numpy(), expected.to_numpy())
+
+
+def test_keys_are_private_retired_and_never_in_bundles(world, received):
+    store = world["fund"].keys
+    folder = store.directory("r1", "lin")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in folder.iterdir())
+    with pytest.raises(KeyStoreError, match="retired"):
+        store.keyset_path("r1", "lin")
+    with pytest.raises(FundError, match="received already"):
+        world["fund"].receive("r1", world["submissions"]["lin"])
+    bundle_files = {f.name for f in world["bundles"].rglob("*") if f.is_file()}
+    assert bundle_files == {CIPHERTEXTS, EVALUATION_KEYS, "model_spec.json", MANIFEST}
+
+
+def test_round_scores_and_payouts(world, received):
+    results = world["fund"].score(
+        "r1", world["paths"]["live_targets"], live=world["live"],
+        benchmark=fund_benchmark(world["train"], world["live"]),
+    )  # fmt: skip
+    assert set(results.scores.index) == set(MODELS)
+    assert {"corr", "mmc", "bmc", "fnc", "max_exposure", "stake", "payout"} <= set(results.scores)
+    assert (results.scores["payout"].abs() <= 10.0 * 0.05 + 1e-12).all()
+    published = pd.read_csv(results.directory / "scores.csv", index_col=0)
+    assert (published["corr"] == published["corr"].round(4)).all()
+
+
+def test_truncated_ciphertext_file_is_refused(world, tmp_path):
+    bundle = copy(world["bundles"] / "lin", tmp_path / "bundle")
+    data = (bundle / CIPHERTEXTS).read_bytes()
+    (bundle / CIPHERTEXTS).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ManifestError, match="truncated"):
+        run_bundle(bundle, world["root"] / "lin", tmp_path / "out")
+    assert not (tmp_path / "out" / PREDICTIONS).exists()
+
+
+def test_bundle_for_another_model_is_refused(world, tmp_path):
+    with pytest.raises(ParticipantError, match="encrypted for model 'tree'"):
+        run_bundle(world["bundles"] / "tree", world["root"] / "lin", tmp_path / "out")
+
+
+def test_evaluation_keys_of_another_circuit_fail_cleanly(world, tmp_path):
+    bundle = copy(world["bundles"] / "tree", tmp_path / "bundle")
+    shutil.copy(world["bundles"] / "lin" / EVALUATION_KEYS, bundle / EVALUATION_KEYS)
+    rewrite_manifest(bundle)
+    with pytest.raises(RunError, match="batch"):
+        run_bundle(bundle, world["root"] / "tree", tmp_path / "out", workers=1)
+    assert not (tmp_path / "out" / PREDICTIONS).exists()
+
+
+def test_corrupted_ciphertext_fails_its_row_only(world, tmp_path):
+    original = world["bundles"] / "tree"
+    bundle = copy(original, tmp_path / "bundle")
+    table = pq.read_table(bundle / CIPHERTEXTS).to_pandas()
+    blob = bytearray(table.at[3, "ciphertext"])
+    blob[40:60] = os.urandom(20)
+    table.at[3, "ciphertext"] = bytes(blob)
+    schema = pq.read_schema(original / CIPHERTEXTS)
+    pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False),
+                   bundle / CIPHERTEXTS)  # fmt: skip
+    rewrite_manifest(bundle)
+    out = tmp_path / "out"
+    with pytest.raises(RunError, match=r"1 batch\(es\) failed: batch 3 "):
+        run_bundle(bundle, world["root"] / "tree", out, workers=2)
+    checkpoint = Checkpoint(out / CHECKPOINT, owner=open_bundle(bundle).sha256)
+    assert checkpoint.done() == set(range(CONFIG.rows_per_era)) - {3}
+    checkpoint.close()
+
+
+def test_an_interrupted_run_resumes_without_recomputing(world, tmp_path):
+    out = tmp_path / "out"
+
+    def interrupt(done: int, total: int) -> None:
+        if done >= 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_bundle(world["bundles"] / "tree", world["root"] / "tree", out, workers=2,
+                   on_progress=interrupt)  # fmt: skip
+    reports: list[tuple[int, int]] = []
+    run_bundle(world["bundles"] / "tree", world["root"] / "tree", out, workers=2,
+               on_progress=lambda *a: reports.append(a))  # fmt: skip
+    assert reports[0][0] >= 20, "finished rows were computed again"
+    assert reports[-1] == (CONFIG.rows_per_era, CONFIG.rows_per_era)
+    ours = pq.read_table(out / PREDICTIONS).column("ciphertext").to_pylist()
+    assert len(ours) == CONFIG.rows_per_era and not (out / CHECKPOINT).exists()

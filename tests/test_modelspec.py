@@ -1,0 +1,143 @@
+"""The fund never decodes participant-authored objects: specs are validated plain data."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fhe_toolkit.fund import Fund, FundError
+from fhe_toolkit.modelspec import SpecCodec, SpecError, load_spec
+from fhe_toolkit.participant import compile_model, export_model, train_model
+
+
+class Payload:
+    """Unpickling this would create a marker file: proof that participant code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "participant code ran"))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tournament) -> tuple[Path, object]:
+    """A real exported model (compiled, no FHE execution)."""
+    frame, metadata = tournament
+    train = frame[frame["data_type"] == "train"]
+    model = train_model(train, family="linear", features=metadata.features("small"))
+    compile_model(model, train)
+    out = tmp_path_factory.mktemp("model") / "m"
+    export_model(model, out, "honest")
+    return out, model
+
+
+def spec_json(exported) -> dict:
+    return json.loads((exported[0] / "model_spec.json").read_text())
+
+
+def write(tmp_path: Path, raw: object) -> Path:
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def test_spec_carrying_a_pickle_is_refused_and_its_code_never_runs(exported, tmp_path):
+    marker = tmp_path / "pwned"
+    blob = base64.b64encode(pickle.dumps(Payload(marker))).decode()
+    fund = Fund(tmp_path / "fund", tmp_path / "keys")
+    raw = spec_json(exported)
+    for attack in (
+        {**raw, "serialized_processing": blob},
+        {**raw, "output_quantizer": {"__reduce__": blob, "py/object": "os.system"}},
+        {**raw, "input_quantizers": [blob]},
+        {**raw, "family": "__import__('os').system('touch x')"},
+    ):
+        with pytest.raises(SpecError):
+            fund.register(write(tmp_path, attack), stake=1.0)
+    assert not marker.exists()
+    assert fund.registry() == {}
+
+
+def test_the_fund_decodes_no_participant_object(exported, tmp_path, monkeypatch, tournament):
+    """Registering, opening a round and quantizing never reach pickle or skops."""
+    calls: list[str] = []
+    import skops.io
+
+    def spy(name: str, original):
+        def wrapped(*args, **kwargs):
+            calls.append(name)
+            return original(*args, **kwargs)
+
+        return wrapped
+
+    for module, name in (
+        (pickle, "loads"),
+        (pickle, "load"),
+        (skops.io, "load"),
+        (skops.io, "loads"),
+    ):
+        monkeypatch.setattr(module, name, spy(name, getattr(module, name)))
+    fund = Fund(tmp_path / "fund", tmp_path / "keys")
+    fund.register(exported[0] / "model_spec.json", stake=1.0)
+    live = tournament[0][tournament[0]["data_type"] == "live"]
+    fund.open_round("r1", live)
+    assert calls == []
+
+
+def test_fund_side_quantization_equals_the_participants(exported, tournament):
+    spec = load_spec(exported[0] / "model_spec.json")
+    live = tournament[0][tournament[0]["data_type"] == "live"]
+    ours = SpecCodec(spec).quantize(live[spec.features].to_numpy())
+    theirs = exported[1].estimator.quantize_input(live[spec.features].to_numpy(np.float32))
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r.update(features=r["features"][:-1]), r"inputs of shape \[64, 5\]"),
+        (lambda r: r.update(batch_size=0), "batch_size"),
+        (lambda r: r["output_quantizer"].update(scale=-1.0), "scale must be positive"),
+        (lambda r: r["output_quantizer"].update(scale=float("nan")), "output_quantizer.scale"),
+        (lambda r: r.update(name="../../etc"), "name"),
+        (lambda r: r.update(features=["id", *r["features"][1:]]), "feature_"),
+        (lambda r: r.update(client_specs={"circuits": []}), "client specs must describe one circuit"),
+    ],
+)
+def test_invalid_specs_name_the_problem(exported, tmp_path, change, message):
+    raw = spec_json(exported)
+    change(raw)
+    with pytest.raises(SpecError, match=message):
+        load_spec(write(tmp_path, raw))
+
+
+def test_not_json_and_oversized_specs(tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_bytes(b"\x80\x04pickle")
+    with pytest.raises(SpecError, match="not JSON text"):
+        load_spec(path)
+    path.write_text(" " * 2_000_001)
+    with pytest.raises(SpecError, match="at most"):
+        load_spec(path)
+
+
+def test_registration_refusals(exported, tmp_path):
+    fund = Fund(tmp_path / "fund", tmp_path / "keys")
+    raw = spec_json(exported)
+    with pytest.raises(FundError, match="stake"):
+        fund.register(write(tmp_path, raw), stake=-5)
+    raw["versions"]["concrete-python"] = "0.0.1"
+    with pytest.raises(FundError, match=r"compiled with concrete-python 0\.0\.1"):
+        fund.register(write(tmp_path, raw), stake=1)
+    fund.register(exported[0] / "model_spec.json", stake=1)
+    other = spec_json(exported)
+    other["target"] = "target_60d"
+    with pytest.raises(FundError, match="registered for another model"):
+        fund.register(write(tmp_path, other), stake=1)
+    assert list(fund.registry()) == ["honest"]
