@@ -40,8 +40,7 @@ from fhe_toolkit.manifest import ROUND_PATTERN, write_atomic
 from fhe_toolkit.modelspec import ModelSpec, SpecCodec, load_spec
 from fhe_toolkit.participant import package_versions
 from fhe_toolkit.pool import RowsCrashedError, run_rows
-from fhe_toolkit.scoring import payout, score_eras, stake_weighted_meta_model, summarize
-from fhe_toolkit.tables import summary_by_model
+from fhe_toolkit.scoring import by_model, payout, score_eras, stake_weighted_meta_model, summarize
 
 PUBLISHED_DECIMALS = 4
 """Published scores are rounded: exact values would leak more about the decryptions."""
@@ -345,9 +344,7 @@ class Fund:
                 ).assign(target=target)
             )  # fmt: skip
         per_era = pd.concat(per_target, ignore_index=True)
-        scores = summary_by_model(summarize(per_era.drop(columns="target"))).join(
-            stakes.rename("stake")
-        )
+        scores = by_model(summarize(per_era.drop(columns="target"))).join(stakes.rename("stake"))
         mmc = scores["mmc"] if "mmc" in scores else pd.Series(0.0, index=scores.index)
         scores["payout"] = payout(scores["stake"], scores["corr"], mmc, **(payout_settings or {}))
         results = self.round_dir(round_id) / "results"

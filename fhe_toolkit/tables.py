@@ -35,10 +35,3 @@ def print_frame(
     frame: pd.DataFrame, title: str, console: Console, float_format: str = SCORE_FORMAT
 ) -> None:
     console.print(frame_table(frame, title, float_format=float_format))
-
-
-def summary_by_model(summary: pd.DataFrame, stat: str = "mean") -> pd.DataFrame:
-    """One row per model, one column per metric, holding ``stat`` of the per-era series."""
-    metrics = list(dict.fromkeys(summary.index.get_level_values("metric")))
-    models = list(dict.fromkeys(summary.index.get_level_values("model")))
-    return summary[stat].unstack("metric").loc[models, metrics]

@@ -107,7 +107,10 @@ def test_fund_side_quantization_equals_the_participants(exported, tournament):
         (lambda r: r["output_quantizer"].update(scale=float("nan")), "output_quantizer.scale"),
         (lambda r: r.update(name="../../etc"), "name"),
         (lambda r: r.update(features=["id", *r["features"][1:]]), "feature_"),
-        (lambda r: r.update(client_specs={"circuits": []}), "client specs must describe one circuit"),
+        (
+            lambda r: r.update(client_specs={"circuits": []}),
+            "client specs must describe one circuit",
+        ),
     ],
 )
 def test_invalid_specs_name_the_problem(exported, tmp_path, change, message):

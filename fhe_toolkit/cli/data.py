@@ -18,8 +18,8 @@ from fhe_toolkit.data import (
     target_columns,
 )
 from fhe_toolkit.data.io import FEATURES_JSON
-from fhe_toolkit.scoring import score_eras, summarize
-from fhe_toolkit.tables import print_frame, summary_by_model
+from fhe_toolkit.scoring import by_model, score_eras, summarize
+from fhe_toolkit.tables import print_frame
 
 
 @click.group()
@@ -210,9 +210,7 @@ def score(
         exposure_method=exposure_method,  # type: ignore[arg-type]
     )
     summary = summarize(per_era)
-    print_frame(
-        summary_by_model(summary), f"Mean per era over {per_era['era'].nunique()} era(s)", console
-    )
+    print_frame(by_model(summary), f"Mean per era over {per_era['era'].nunique()} era(s)", console)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         per_era.to_csv(out_dir / "per_era.csv", index=False)

@@ -21,7 +21,7 @@ from fhe_toolkit.scoring.mmc_forms import (
     mmc_finite_difference,
     mmc_pseudo_inverse,
 )
-from fhe_toolkit.scoring.per_era import score_eras, summarize, summarize_series
+from fhe_toolkit.scoring.per_era import by_model, score_eras, summarize, summarize_series
 from fhe_toolkit.scoring.transforms import (
     center,
     gaussian,
@@ -34,6 +34,7 @@ from fhe_toolkit.scoring.transforms import (
 __all__ = [
     "DEFAULT_MAX_FILTERED_INDEX_RATIO",
     "benchmark_contribution",
+    "by_model",
     "center",
     "correlation_contribution",
     "exposure_summary",

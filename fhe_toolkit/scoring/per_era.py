@@ -158,5 +158,13 @@ def summarize(per_era: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def by_model(summary: pd.DataFrame, stat: str = "mean") -> pd.DataFrame:
+    """One row per model, one column per metric (in scoring order), holding ``stat`` of
+    :func:`summarize`'s output."""
+    metrics = list(dict.fromkeys(summary.index.get_level_values("metric")))
+    models = list(dict.fromkeys(summary.index.get_level_values("model")))
+    return summary[stat].unstack("metric").loc[models, metrics]
+
+
 def _within(series: pd.Series, ids: pd.Index) -> pd.Series:
     return series.loc[series.index.intersection(ids)]

@@ -1,0 +1,68 @@
+"""A whole round through the command line, as subprocesses (real FHE, tiny: 40 live rows of 5
+features, a linear model), and the demo at a small size."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.fhe
+
+
+def cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fhe_toolkit.cli", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_round_through_the_cli(tmp_path):
+    ok(cli("data", "synth", "data", "--train-eras", "10", "--validation-eras", "2",
+           "--rows-per-era", "40", "--features", "12", "--groups", "3", cwd=tmp_path))  # fmt: skip
+    out = ok(cli("participant", "train", "--train", "data/train.parquet", "--family", "linear",
+                 "--name", "alice", "--out", "alice", "--validation", "data/validation.parquet",
+                 cwd=tmp_path))  # fmt: skip
+    assert "quantized" in out and "simulated" in out and "model_spec.json" in out
+    ok(cli("fund", "register", "alice/model_spec.json", "--stake", "25", cwd=tmp_path))
+    out = ok(cli("fund", "open-round", "R1", "--live", "data/live.parquet", cwd=tmp_path))
+    bundle = tmp_path / "fund" / "rounds" / "R1" / "bundles" / "alice"
+    assert str(Path("fund/rounds/R1/bundles/alice")) in out and bundle.is_dir()
+    result = cli("participant", "run", bundle, "--model", "alice", "--out", "sub", cwd=tmp_path)
+    assert "rows" in ok(result) + result.stderr
+    ok(cli("fund", "receive", "R1", "sub", cwd=tmp_path))
+    again = cli("fund", "receive", "R1", "sub", cwd=tmp_path)
+    assert again.returncode == 2 and "received already" in again.stderr
+    assert "Traceback" not in again.stderr
+    assert "received" in ok(cli("fund", "status", "R1", cwd=tmp_path))
+    out = ok(cli("fund", "score", "R1", "--live", "data/live.parquet", "--targets",
+                 "data/live_targets.parquet", "--benchmark-train", "data/train.parquet",
+                 cwd=tmp_path))  # fmt: skip
+    assert "alice" in out and "payout" in out
+    scores = pd.read_csv(tmp_path / "fund" / "rounds" / "R1" / "results" / "scores.csv")
+    assert list(scores["model"]) == ["alice"]
+    assert (tmp_path / "keys" / "R1" / "alice" / "retired.json").is_file()
+
+
+def test_cli_errors_name_the_problem(tmp_path):
+    result = cli("fund", "register", "nope.json", "--stake", "1", cwd=tmp_path)
+    assert result.returncode == 2 and "nope.json does not exist" in result.stderr
+    result = cli("participant", "run", "nowhere", "--model", "nothing", "--out", "x", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_demo_at_a_small_size(tmp_path):
+    out = ok(cli("demo", "--out", "demo", "--live-rows", "24", cwd=tmp_path))
+    assert "scores and payouts" in out
+    summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
+    assert set(summary["scores"]) == {"alice", "bob", "carol", "dave"}
+    assert summary["live_rows"] == 24
