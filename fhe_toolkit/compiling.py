@@ -19,19 +19,32 @@ from fhe_toolkit.families import Family, post_process
 def calibration_rows(model: Any, sample: np.ndarray) -> np.ndarray:
     """``sample`` plus the rows that push the circuit's integers to their extremes.
 
-    Concrete sizes every integer in the circuit from the values seen while compiling; a live
-    row beyond them overflows and silently decrypts to a wrong value. Features are bounded (each
-    column's sample min and max), so the extremes are corners of that box: all-min, all-max,
-    and for linear models, max where a weight is positive and min where it is negative (and the
-    reverse), which bound the accumulator exactly.
+    Concrete sizes the circuit's integers from the values seen while compiling: a tree compiled
+    on a sample where a feature never reaches 4 gets an input type too narrow for a 4, and the
+    fund's encryption of such a live row fails. Quantization clips every input to its
+    quantizer's range (calibrated on all the training data), so the corners of that box cover
+    every row the circuit can receive: all-min, all-max, and for linear models, max where a
+    weight is positive and min where it is negative (and the reverse), which bound the
+    accumulator exactly.
     """
-    low, high = sample.min(axis=0), sample.max(axis=0)
+    low, high = _input_bounds(model, sample)
     rows = [low, high]
     coefficients = getattr(getattr(model, "sklearn_model", None), "coef_", None)
     if coefficients is not None:
         for weights in np.atleast_2d(coefficients):
             rows += [np.where(weights > 0, high, low), np.where(weights > 0, low, high)]
     return np.vstack([sample, *rows]).astype(np.float32)
+
+
+def _input_bounds(model: Any, sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature (min, max): the input quantizers' ranges, widened to the sample's."""
+    low, high = sample.min(axis=0), sample.max(axis=0)
+    ranges = [(q.rmin, q.rmax) for q in getattr(model, "input_quantizers", None) or []]
+    if ranges and all(lo is not None and hi is not None for lo, hi in ranges):
+        if len(ranges) in (1, sample.shape[1]):
+            bounds = np.broadcast_to(np.asarray(ranges, dtype=np.float64), (sample.shape[1], 2))
+            low, high = np.minimum(low, bounds[:, 0]), np.maximum(high, bounds[:, 1])
+    return low, high
 
 
 def compile_for_batches(model: Any, sample: np.ndarray, batch_size: int) -> None:
