@@ -89,7 +89,8 @@ def write_bundle(
         },
         schema=BUNDLE_SCHEMA,
     )
-    pq.write_table(table, directory / CIPHERTEXTS)
+    # Ciphertexts are random bytes: compressing them only costs time.
+    pq.write_table(table, directory / CIPHERTEXTS, compression="none")
     write_atomic(directory / EVALUATION_KEYS, evaluation_keys)
     write_atomic(directory / BUNDLE_SPEC, spec.to_json().encode())
     return write_manifest(
@@ -136,7 +137,7 @@ def write_submission(
         schema=SUBMISSION_SCHEMA,
     )
     temporary = directory / f".{PREDICTIONS}.tmp"
-    pq.write_table(table, temporary)
+    pq.write_table(table, temporary, compression="none")
     temporary.replace(directory / PREDICTIONS)
     fields = bundle.manifest.model_dump(include={"round_id", "model", "key_set_id", "spec_sha256"})
     return write_manifest(

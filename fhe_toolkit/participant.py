@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from fhe_toolkit import __version__
-from fhe_toolkit.bundle import open_bundle, write_submission
+from fhe_toolkit.bundle import open_bundle, open_submission, write_submission
 from fhe_toolkit.checkpoint import Checkpoint
 from fhe_toolkit.compiling import (
     compile_for_batches,
@@ -32,10 +32,10 @@ from fhe_toolkit.compiling import (
     predict_quantized,
     predict_simulated,
 )
-from fhe_toolkit.data.schema import ERA
 from fhe_toolkit.errors import FheToolkitError
 from fhe_toolkit.families import Family, get_family
 from fhe_toolkit.jobs import ServerJob
+from fhe_toolkit.manifest import MANIFEST
 from fhe_toolkit.modelspec import ModelSpec, QuantizerSpec, load_spec
 from fhe_toolkit.pool import RowsCrashedError, run_rows
 from fhe_toolkit.scoring import score_eras, summarize
@@ -236,8 +236,6 @@ def _features(data: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
             f"data has no column(s) {missing[:5]} that the model uses; load it with the same "
             "feature set the model was trained on."
         )
-    if ERA not in data.columns:
-        raise ParticipantError("data has no 'era' column.")
     return data[list(features)].to_numpy(np.float32)
 
 
@@ -264,8 +262,9 @@ def run_bundle(
 
     Rows run in worker processes on all cores (a crash of Concrete's runtime costs a worker, and
     is reported with the row's ids). Finished batches are checkpointed in ``out_dir``, so running
-    again after an interruption only computes what is left. ``on_progress(rows_done, rows)``
-    reports progress. Returns the submission directory (``out_dir``).
+    again after an interruption only computes what is left, and running again after success
+    does nothing. ``on_progress(rows_done, rows)`` reports progress. Returns the submission
+    directory (``out_dir``).
     """
     spec, deployment = load_model_dir(model_dir)
     bundle = open_bundle(bundle_dir)
@@ -282,6 +281,14 @@ def run_bundle(
             f" but {mine['concrete-python']} is installed; re-export it with this version."
         )
     out = Path(out_dir)
+    if (out / MANIFEST).exists():
+        finished = open_submission(out)
+        if finished.manifest.bundle_sha256 == bundle.sha256:
+            return out
+        raise ParticipantError(
+            f"{out} holds the submission for another bundle (round "
+            f"{finished.manifest.round_id!r}); write this one to a new --out."
+        )
     out.mkdir(parents=True, exist_ok=True)
     table = bundle.ciphertexts()
     sizes = table["ids"].map(len).tolist()

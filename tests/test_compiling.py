@@ -18,12 +18,12 @@ def test_a_narrow_calibration_sample_still_accepts_every_row(tournament, family)
     train = frame[frame["data_type"] == "train"]
     features = metadata.features("medium")
     model = train_model(train, family=family, features=features)
-    narrow = pd.DataFrame(2.0, index=range(3), columns=features).assign(era="0001")
+    narrow = pd.DataFrame(2.0, index=range(3), columns=features)
     compile_model(model, narrow)
     corners = calibration_rows(model.estimator, np.full((1, len(features)), 2.0, np.float32))
     rng = np.random.default_rng(0)
     random_corners = rng.choice([0.0, 4.0], size=(64, len(features)))
-    rows = pd.DataFrame(np.vstack([corners, random_corners]), columns=features).assign(era="0001")
+    rows = pd.DataFrame(np.vstack([corners, random_corners]), columns=features)
     # Equal up to the float rounding of a sigmoid; an overflow would be off by whole buckets.
     np.testing.assert_allclose(
         model.predict(rows, "simulated").to_numpy(),

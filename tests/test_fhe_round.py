@@ -233,3 +233,8 @@ def test_an_interrupted_run_resumes_without_recomputing(world, tmp_path):
     assert reports[-1] == (CONFIG.rows_per_era, CONFIG.rows_per_era)
     ours = pq.read_table(out / PREDICTIONS).column("ciphertext").to_pylist()
     assert len(ours) == CONFIG.rows_per_era and not (out / CHECKPOINT).exists()
+    before = (out / PREDICTIONS).stat().st_mtime_ns
+    run_bundle(world["bundles"] / "tree", world["root"] / "tree", out)  # finished: nothing to do
+    assert (out / PREDICTIONS).stat().st_mtime_ns == before
+    with pytest.raises(ParticipantError, match="submission for another bundle"):
+        run_bundle(world["bundles"] / "lin", world["root"] / "lin", out)
