@@ -89,8 +89,7 @@ def write_bundle(
         },
         schema=BUNDLE_SCHEMA,
     )
-    # Ciphertexts are random bytes: compressing them only costs time.
-    pq.write_table(table, directory / CIPHERTEXTS, compression="none")
+    pq.write_table(table, directory / CIPHERTEXTS)
     write_atomic(directory / EVALUATION_KEYS, evaluation_keys)
     write_atomic(directory / BUNDLE_SPEC, spec.to_json().encode())
     return write_manifest(
@@ -137,6 +136,8 @@ def write_submission(
         schema=SUBMISSION_SCHEMA,
     )
     temporary = directory / f".{PREDICTIONS}.tmp"
+    # Output ciphertexts are large uncompressed LWE vectors, random bytes: compressing them only
+    # costs time. (Input ciphertexts are seeded, mostly headers and seeds: those do compress.)
     pq.write_table(table, temporary, compression="none")
     temporary.replace(directory / PREDICTIONS)
     fields = bundle.manifest.model_dump(include={"round_id", "model", "key_set_id", "spec_sha256"})
