@@ -29,10 +29,15 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 def test_round_through_the_cli(tmp_path):
     ok(cli("data", "synth", "data", "--train-eras", "10", "--validation-eras", "2",
            "--rows-per-era", "40", "--features", "12", "--groups", "3", cwd=tmp_path))  # fmt: skip
+    validation = pd.read_parquet(tmp_path / "data" / "validation.parquet")
+    validation[["feature_intelligence_0000"]].rename(columns=lambda _: "bench").to_parquet(
+        tmp_path / "bench.parquet"
+    )
     out = ok(cli("participant", "train", "--train", "data/train.parquet", "--family", "linear",
                  "--name", "alice", "--out", "alice", "--validation", "data/validation.parquet",
-                 cwd=tmp_path))  # fmt: skip
-    assert "quantized" in out and "simulated" in out and "model_spec.json" in out
+                 "--benchmark", "bench.parquet", cwd=tmp_path))  # fmt: skip
+    assert "quantized" in out and "simulated" in out and "bmc" in out
+    assert "model_spec.json" in out
     ok(cli("fund", "register", "alice/model_spec.json", "--stake", "25", cwd=tmp_path))
     out = ok(cli("fund", "open-round", "R1", "--live", "data/live.parquet", cwd=tmp_path))
     bundle = tmp_path / "fund" / "rounds" / "R1" / "bundles" / "alice"

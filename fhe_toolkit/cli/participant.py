@@ -9,6 +9,7 @@ import click
 import pandas as pd
 
 from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
+from fhe_toolkit.cli.data import read_predictions
 from fhe_toolkit.data import load_features_json, load_tournament
 from fhe_toolkit.data.io import FEATURES_JSON
 from fhe_toolkit.families import FAMILIES
@@ -104,6 +105,7 @@ def train(
     features_json: Path | None,
     target: str,
     validation_path: Path | None,
+    benchmark_path: Path | None,
     params: tuple[str, ...],
     seed: int,
 ) -> None:
@@ -133,8 +135,16 @@ def train(
     )
     if validation_path is not None:
         validation = load_tournament(validation_path, features=features, targets=[target])
+        benchmark = None
+        if benchmark_path is not None:
+            table = read_predictions(benchmark_path)
+            if table.shape[1] != 1:
+                raise ToolkitClickError(
+                    f"{benchmark_path} must hold one prediction column, not {list(table.columns)}."
+                )
+            benchmark = table.iloc[:, 0]
         with console.status("scoring on validation eras"):
-            report = diagnose(model, validation)
+            report = diagnose(model, validation, benchmark=benchmark)
         table = report["mean"].unstack("metric")
         print_frame(table, "Validation, mean per era: clear vs quantized vs simulated FHE", console)
         report.to_csv(out_dir / "diagnostics.csv")
