@@ -88,6 +88,13 @@ def families() -> None:
     help="Validation parquet: score the model in clear, quantized and simulated FHE.",
 )
 @click.option(
+    "--benchmark",
+    "benchmark_path",
+    type=click.Path(path_type=Path),
+    help="Benchmark predictions for the validation rows (parquet or CSV: id and one column), "
+    "to score BMC in the --validation report.",
+)
+@click.option(
     "--param",
     "params",
     multiple=True,
