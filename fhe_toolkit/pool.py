@@ -128,24 +128,27 @@ def run_rows(
             assign(pool[-1])
         while any(w.chunk for w in pool):
             busy = [w for w in pool if w.chunk]
-            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
             for worker in busy:
-                if worker.conn in ready and worker.conn.poll():
-                    message, detail = _receive(worker)
-                    if message in ("row", "row_error"):
-                        position, payload = detail
-                        worker.done_in_chunk += 1
-                        if message == "row":
-                            on_result(position, payload)
-                            crashes_in_a_row = 0
-                        else:
-                            failures.append(RowFailure(position, payload))
-                        if on_done is not None:
-                            on_done(position)
-                        if worker.done_in_chunk == len(worker.chunk):
-                            assign(worker)
-                        continue
-                if not worker.process.is_alive() and worker.chunk:
+                # Liveness first, then the pipe: a worker that sends a row and dies right after
+                # is only dead once everything it sent can be read, so no finished row is lost
+                # or blamed for the crash.
+                dead = not worker.process.is_alive()
+                message, detail = _receive(worker) if worker.conn.poll() else ("", None)
+                if message in ("row", "row_error"):
+                    position, payload = detail
+                    worker.done_in_chunk += 1
+                    if message == "row":
+                        on_result(position, payload)
+                        crashes_in_a_row = 0
+                    else:
+                        failures.append(RowFailure(position, payload))
+                    if on_done is not None:
+                        on_done(position)
+                    if worker.done_in_chunk == len(worker.chunk):
+                        assign(worker)
+                    continue
+                if (dead or message == "died") and worker.chunk:
                     failures.append(_crash(worker))
                     crashes_in_a_row += 1
                     if on_done is not None:
