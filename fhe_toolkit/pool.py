@@ -134,7 +134,8 @@ def run_rows(
                 # is only dead once everything it sent can be read, so no finished row is lost
                 # or blamed for the crash.
                 dead = not worker.process.is_alive()
-                message, detail = _receive(worker) if worker.conn.poll() else ("", None)
+                received: tuple[str, Any] = _receive(worker) if worker.conn.poll() else ("", None)
+                message, detail = received
                 if message in ("row", "row_error"):
                     position, payload = detail
                     worker.done_in_chunk += 1
