@@ -9,27 +9,35 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class ServerJob:
-    """Run a compiled model (``server.zip``) on input ciphertexts, with the round's eval keys."""
+    """Run a compiled circuit (see :mod:`fhe_toolkit.server_library`) with evaluation keys.
 
-    server_zip: str
+    An item is one serialized input ciphertext (the output is one too), or a tuple of them for
+    a circuit of several inputs (the outputs come back as a tuple).
+    """
+
+    library: str
     evaluation_keys: str
 
-    def setup(self) -> Callable[[bytes], bytes]:
-        from concrete import fhe
+    def setup(self) -> Callable[[Any], Any]:
+        from concrete.compiler import Library, ServerKeyset, ServerProgram, TransportValue
 
-        server = fhe.Server.load(Path(self.server_zip))
-        keys = fhe.EvaluationKeys.deserialize(Path(self.evaluation_keys).read_bytes())
+        library = Library(self.library)
+        (info,) = library.get_program_info().get_circuits()
+        circuit = ServerProgram(library, False).get_server_circuit(info.get_name())
+        keys = ServerKeyset.deserialize(Path(self.evaluation_keys).read_bytes())
 
-        def run(ciphertext: bytes) -> bytes:
-            output = server.run(fhe.Value.deserialize(ciphertext), evaluation_keys=keys)
-            serialized: bytes = output.serialize()
-            return serialized
+        def run(item: bytes | tuple[bytes, ...]) -> bytes | tuple[bytes, ...]:
+            single = isinstance(item, bytes)
+            inputs = [TransportValue.deserialize(b) for b in ((item,) if single else item)]
+            outputs = tuple(value.serialize() for value in circuit.call(inputs, keys))
+            return outputs[0] if single else outputs
 
         return run
 

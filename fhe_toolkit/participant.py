@@ -5,7 +5,8 @@ A participant's model directory::
 
     model_dir/
       model_spec.json   public: send it to the fund to register
-      deployment/       private: client.zip and server.zip (the weights, in clear MLIR)
+      deployment/       private: client.zip and server.zip (the weights, in clear MLIR), and
+                        server_library/ (server.zip compiled for this machine, for the runner)
       training.json     what was trained, on what, with which settings
 """
 
@@ -39,6 +40,7 @@ from fhe_toolkit.manifest import MANIFEST
 from fhe_toolkit.modelspec import ModelSpec, QuantizerSpec, load_spec
 from fhe_toolkit.pool import RowsCrashedError, run_rows
 from fhe_toolkit.scoring import score_eras, summarize
+from fhe_toolkit.server_library import SERVER_ZIP, ensure_server_library
 
 SPEC_FILE = "model_spec.json"
 DEPLOYMENT_DIR = "deployment"
@@ -190,6 +192,7 @@ def export_model(model: TrainedModel, out_dir: str | Path, name: str) -> ModelSp
     )
     out.mkdir(parents=True, exist_ok=True)
     FHEModelDev(str(deployment), estimator).save()
+    ensure_server_library(deployment, estimator.fhe_circuit.server)
     (out / SPEC_FILE).write_text(spec.to_json())
     (out / TRAINING_FILE).write_text(
         json.dumps(
@@ -212,9 +215,9 @@ def load_model_dir(model_dir: str | Path) -> tuple[ModelSpec, Path]:
     root = Path(model_dir)
     spec = load_spec(root / SPEC_FILE)
     deployment = root / DEPLOYMENT_DIR
-    if not (deployment / "server.zip").is_file():
+    if not (deployment / SERVER_ZIP).is_file():
         raise ParticipantError(
-            f"{deployment / 'server.zip'} is missing: {root} is not an exported model directory "
+            f"{deployment / SERVER_ZIP} is missing: {root} is not an exported model directory "
             "(see `fhe-toolkit participant train`)."
         )
     return spec, deployment
@@ -290,6 +293,7 @@ def run_bundle(
             f"{finished.manifest.round_id!r}); write this one to a new --out."
         )
     out.mkdir(parents=True, exist_ok=True)
+    library = ensure_server_library(deployment)
     table = bundle.ciphertexts()
     sizes = table["ids"].map(len).tolist()
     checkpoint = Checkpoint(out / CHECKPOINT, owner=bundle.sha256)
@@ -306,7 +310,7 @@ def run_bundle(
         report()
         try:
             failures = run_rows(
-                ServerJob(str(deployment / "server.zip"), str(bundle.evaluation_keys_path)),
+                ServerJob(str(library), str(bundle.evaluation_keys_path)),
                 table["ciphertext"].tolist(),
                 [b for b in range(len(sizes)) if b not in done],
                 checkpoint.add,

@@ -97,12 +97,14 @@ def run_rows(
     pool: list[_Worker] = []
     failures: list[RowFailure] = []
 
-    def start() -> _Worker:
+    def launch() -> _Worker:
         parent, child = context.Pipe(duplex=True)
         process = context.Process(target=_worker_main, args=(job, child), daemon=True)
         process.start()
         child.close()
-        worker = _Worker(process, parent)
+        return _Worker(process, parent)
+
+    def wait_ready(worker: _Worker) -> None:
         message, detail = _receive(worker)
         if message != "ready":
             worker.process.join(timeout=5)
@@ -111,7 +113,6 @@ def run_rows(
                 if message == "setup_failed"
                 else f"a worker died while loading (exit code {worker.process.exitcode})"
             )
-        return worker
 
     def assign(worker: _Worker) -> None:
         if queue:
@@ -123,9 +124,11 @@ def run_rows(
 
     crashes_in_a_row = 0
     try:
-        for _ in range(count):
-            pool.append(start())
-            assign(pool[-1])
+        # All workers load at once: loading is most of a short run's fixed cost.
+        pool.extend(launch() for _ in range(count))
+        for worker in pool:
+            wait_ready(worker)
+            assign(worker)
         while any(w.chunk for w in pool):
             busy = [w for w in pool if w.chunk]
             wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
@@ -161,7 +164,8 @@ def run_rows(
                         queue.appendleft(rest)
                     pool.remove(worker)
                     if queue:
-                        pool.append(start())
+                        pool.append(launch())
+                        wait_ready(pool[-1])
                         assign(pool[-1])
     finally:
         for worker in pool:

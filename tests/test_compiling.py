@@ -1,14 +1,23 @@
 """Compiling for FHE: a circuit that accepts every row the features allow, not just the
-calibration sample's. (Simulation only: no encryption.)"""
+calibration sample's, and the compiled library the runner loads. (No encryption.)"""
 
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from fhe_toolkit.compiling import calibration_rows
-from fhe_toolkit.participant import compile_model, train_model
+from fhe_toolkit.manifest import sha256_file
+from fhe_toolkit.participant import DEPLOYMENT_DIR, compile_model, export_model, train_model
+from fhe_toolkit.server_library import (
+    LIBRARY_DIR,
+    SERVER_ZIP,
+    SOURCE_DIGEST,
+    ensure_server_library,
+)
 
 
 @pytest.mark.parametrize("family", ["linear", "logistic", "decision_tree", "xgboost"])
@@ -41,3 +50,26 @@ def test_calibration_rows_bound_a_linear_accumulator():
     sample = np.array([[1, 2, 3], [3, 1, 0]], dtype=np.float32)
     rows = calibration_rows(Linear(), sample)
     np.testing.assert_array_equal(rows[2:], [[1, 1, 0], [3, 2, 3], [3, 1, 0], [1, 2, 3]])
+
+
+def test_the_compiled_server_library_follows_server_zip(tournament, tmp_path):
+    """The runner's library is built at export, kept while server.zip is unchanged, and rebuilt
+    (never run stale) when server.zip is replaced."""
+    frame, metadata = tournament
+    train = frame[frame["data_type"] == "train"]
+    dirs = []
+    for name, feature_set in (("a", "small"), ("b", "medium")):
+        model = train_model(train, family="linear", features=metadata.features(feature_set))
+        compile_model(model, train)
+        export_model(model, tmp_path / name, name)
+        dirs.append(tmp_path / name / DEPLOYMENT_DIR)
+    first, second = dirs
+    library = first / LIBRARY_DIR
+    built = (library / "sharedlib.so").stat().st_mtime_ns
+    assert ensure_server_library(first) == library
+    assert (library / "sharedlib.so").stat().st_mtime_ns == built
+    shutil.copy(second / SERVER_ZIP, first / SERVER_ZIP)
+    ensure_server_library(first)
+    assert (library / SOURCE_DIGEST).read_text() == sha256_file(second / SERVER_ZIP)
+    program = (library / "program_info.concrete.params.json").read_text()
+    assert program == (second / LIBRARY_DIR / "program_info.concrete.params.json").read_text()
