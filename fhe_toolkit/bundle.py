@@ -51,7 +51,7 @@ class Bundle:
     spec: ModelSpec
 
     def ciphertexts(self) -> pd.DataFrame:
-        return _read_table(self.directory / CIPHERTEXTS, BUNDLE_SCHEMA, self.manifest.n_batches)
+        return read_batches(self.directory / CIPHERTEXTS, BUNDLE_SCHEMA, self.manifest.n_batches)
 
     @property
     def evaluation_keys_path(self) -> Path:
@@ -65,7 +65,9 @@ class Submission:
     sha256: str
 
     def ciphertexts(self) -> pd.DataFrame:
-        return _read_table(self.directory / PREDICTIONS, SUBMISSION_SCHEMA, self.manifest.n_batches)
+        return read_batches(
+            self.directory / PREDICTIONS, SUBMISSION_SCHEMA, self.manifest.n_batches
+        )
 
 
 def write_bundle(
@@ -161,7 +163,7 @@ def open_submission(directory: str | Path) -> Submission:
     return Submission(Path(directory), manifest, digest)
 
 
-def _read_table(path: Path, schema: pa.Schema, n_batches: int) -> pd.DataFrame:
+def read_batches(path: Path, schema: pa.Schema, n_batches: int) -> pd.DataFrame:
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:

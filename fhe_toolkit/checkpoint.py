@@ -1,5 +1,8 @@
 """A crash-safe store of finished batch outputs, so an interrupted run resumes where it stopped.
 
+Row-parallel work (inference) keeps every batch's output; sequential work (encrypted training)
+keeps the latest state only.
+
 SQLite commits are atomic: a batch is either recorded whole or not at all, whatever kills the
 process. Commits are grouped (at most every ``COMMIT_SECONDS``) so the writes cost little.
 """
@@ -54,6 +57,15 @@ class Checkpoint:
     def commit(self) -> None:
         self._db.commit()
         self._last_commit = time.monotonic()
+
+    def latest(self) -> tuple[int, bytes] | None:
+        """The highest batch recorded and its data (for sequential work, the state to resume)."""
+        row = self._db.execute("SELECT batch, data FROM outputs ORDER BY batch DESC LIMIT 1")
+        found: tuple[int, bytes] | None = row.fetchone()
+        return found
+
+    def discard_before(self, batch: int) -> None:
+        self._db.execute("DELETE FROM outputs WHERE batch < ?", (batch,))
 
     def outputs(self) -> Iterator[tuple[int, bytes]]:
         yield from self._db.execute("SELECT batch, data FROM outputs ORDER BY batch")

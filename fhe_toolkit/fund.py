@@ -35,9 +35,9 @@ from fhe_toolkit.data import load_tournament
 from fhe_toolkit.data.schema import ERA, feature_columns
 from fhe_toolkit.errors import FheToolkitError
 from fhe_toolkit.jobs import DecryptJob
-from fhe_toolkit.keystore import SPECS, KeyStore
+from fhe_toolkit.keystore import SPECS, TRAINING_KEYS, KeyStore
 from fhe_toolkit.manifest import ROUND_PATTERN, write_atomic
-from fhe_toolkit.modelspec import ModelSpec, SpecCodec, load_spec
+from fhe_toolkit.modelspec import ModelSpec, PublicSpec, SpecCodec, load_spec
 from fhe_toolkit.participant import package_versions
 from fhe_toolkit.pool import RowsCrashedError, run_rows
 from fhe_toolkit.scoring import by_model, payout, score_eras, stake_weighted_meta_model, summarize
@@ -85,14 +85,7 @@ class Fund:
         spec = load_spec(spec_path)
         if not (np.isfinite(stake) and stake >= 0):
             raise FundError(f"stake must be a finite number ≥ 0, got {stake}.")
-        mine = package_versions()
-        for package in ("concrete-python", "concrete-ml"):
-            if spec.versions.get(package) != mine[package]:
-                raise FundError(
-                    f"model {spec.name!r} was compiled with {package} "
-                    f"{spec.versions.get(package)}, but the fund runs {mine[package]}: keys and "
-                    "ciphertexts would not fit. Re-export it with the fund's version."
-                )
+        check_versions(spec)
         models = self.registry()
         known = models.get(spec.name)
         if known is not None and known["spec_sha256"] != spec.sha256():
@@ -141,8 +134,11 @@ class Fund:
         ``on_progress(model, rows_done, rows)`` reports encryption progress. Returns each
         model's bundle directory, to be handed to its participant.
         """
-        if not re.fullmatch(ROUND_PATTERN, round_id):
-            raise FundError(f"round id {round_id!r} must be letters, digits, '_', '-' or '.'.")
+        if not re.fullmatch(ROUND_PATTERN, round_id) or round_id == TRAINING_KEYS:
+            raise FundError(
+                f"round id {round_id!r} must be letters, digits, '_', '-' or '.' (and not "
+                f"{TRAINING_KEYS!r}, where the key store keeps training jobs' keys)."
+            )
         directory = self.round_dir(round_id)
         if directory.exists():
             raise FundError(f"round {round_id!r} is open already ({directory}).")
@@ -169,7 +165,7 @@ class Fund:
             "models": {},
         }
         for name, spec in specs.items():
-            key_set = self.keys.create(round_id, name, spec)
+            key_set = self.keys.create(round_id, name, spec, replace_unpublished=True)
             ids, ciphertexts = _encrypt_rows(
                 key_set.client, spec, frame, partial(_call, on_progress, name)
             )
@@ -192,6 +188,8 @@ class Fund:
             }
         write_atomic(staging / "round.json", json.dumps(info, indent=1).encode())
         staging.rename(directory)
+        for name in specs:
+            self.keys.mark_published(round_id, name)
         return {name: directory / "bundles" / name for name in specs}
 
     def receive(
@@ -352,6 +350,18 @@ class Fund:
         per_era.round(PUBLISHED_DECIMALS).to_csv(results / "per_era.csv", index=False)
         scores.round(PUBLISHED_DECIMALS).to_csv(results / "scores.csv")
         return RoundResults(per_era, scores, results)
+
+
+def check_versions(spec: PublicSpec) -> None:
+    """Refuse a spec compiled with another Concrete than the fund runs: keys would not fit."""
+    mine = package_versions()
+    for package in ("concrete-python", "concrete-ml"):
+        if spec.versions.get(package) != mine[package]:
+            raise FundError(
+                f"{spec.KIND} {spec.name!r} was compiled with {package} "
+                f"{spec.versions.get(package)}, but the fund runs {mine[package]}: keys and "
+                "ciphertexts would not fit. Re-export it with the fund's version."
+            )
 
 
 def fund_benchmark(train: pd.DataFrame, live: pd.DataFrame, target: str = "target") -> pd.Series:

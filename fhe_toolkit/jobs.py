@@ -44,18 +44,22 @@ class ServerJob:
 
 @dataclass(frozen=True)
 class DecryptJob:
-    """Decrypt output ciphertexts with a stored secret key set."""
+    """Decrypt output ciphertexts with a stored secret key set: one per item, or a tuple of a
+    circuit's several outputs."""
 
     client_specs: str
     keyset: str
 
-    def setup(self) -> Callable[[bytes], np.ndarray]:
+    def setup(self) -> Callable[[Any], Any]:
         from concrete import fhe
 
         client = fhe.Client(fhe.ClientSpecs.deserialize(Path(self.client_specs).read_bytes()))
         client.keys = fhe.Keys.deserialize(Path(self.keyset).read_bytes())
 
-        def decrypt(ciphertext: bytes) -> np.ndarray:
-            return np.asarray(client.decrypt(fhe.Value.deserialize(ciphertext)))
+        def decrypt(item: bytes | tuple[bytes, ...]) -> np.ndarray | tuple[np.ndarray, ...]:
+            if isinstance(item, bytes):
+                return np.asarray(client.decrypt(fhe.Value.deserialize(item)))
+            values = client.decrypt(*(fhe.Value.deserialize(b) for b in item))
+            return tuple(np.asarray(v) for v in values)
 
         return decrypt

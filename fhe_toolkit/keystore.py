@@ -1,15 +1,18 @@
 """The fund's key store: one fresh key set per (model, round), used for one decryption.
 
 Layout: ``<root>/<round>/<model>/`` holding ``keyset.bin`` (secret and evaluation keys; mode
-0600, folder 0700), ``client_specs.json`` and ``keyset.json`` (ids and dates). Retiring a key set
-deletes ``keyset.bin`` and leaves ``retired.json``, so a second decryption is refused by name.
-Nothing here is ever copied into a bundle: bundles carry evaluation keys only.
+0600, folder 0700), ``client_specs.json`` and ``keyset.json`` (ids and dates), and
+``published.json`` once a bundle encrypted under it is out. Retiring a key set deletes
+``keyset.bin`` and leaves ``retired.json``, so a second decryption is refused by name. Encrypted
+training jobs keep theirs in ``<root>/training/<job>/<name>/``. Nothing here is ever copied into
+a bundle: bundles carry evaluation keys only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,12 +20,15 @@ from pathlib import Path
 
 from fhe_toolkit.errors import FheToolkitError
 from fhe_toolkit.manifest import write_atomic
-from fhe_toolkit.modelspec import ModelSpec
+from fhe_toolkit.modelspec import PublicSpec
 
 KEYSET = "keyset.bin"
 SPECS = "client_specs.json"
 INFO = "keyset.json"
 RETIRED = "retired.json"
+PUBLISHED = "published.json"
+TRAINING_KEYS = "training"
+"""The key store's folder for encrypted training jobs' keys (``training/<job>/<name>``)."""
 
 
 class KeyStoreError(FheToolkitError, ValueError):
@@ -46,11 +52,20 @@ class KeyStore:
     def directory(self, round_id: str, model: str) -> Path:
         return self.root / round_id / model
 
-    def create(self, round_id: str, model: str, spec: ModelSpec) -> KeySet:
-        """Generate fresh keys for (model, round) and store them; refuse if any exist already."""
+    def create(
+        self, round_id: str, model: str, spec: PublicSpec, *, replace_unpublished: bool = False
+    ) -> KeySet:
+        """Generate fresh keys for (model, round) and store them; refuse if any exist already.
+
+        ``replace_unpublished``: keys left by an attempt that failed before its bundle was
+        published (see :meth:`mark_published`) encrypt nothing anyone holds, and are replaced.
+        """
         from concrete import fhe
 
         folder = self.directory(round_id, model)
+        if replace_unpublished and folder.is_dir():
+            if not any((folder / marker).exists() for marker in (PUBLISHED, RETIRED)):
+                shutil.rmtree(folder)
         if folder.exists():
             raise KeyStoreError(
                 f"keys for model {model!r} in round {round_id!r} exist already ({folder}); "
@@ -72,6 +87,12 @@ class KeyStore:
         }
         write_atomic(folder / INFO, json.dumps(info, indent=1).encode(), mode=0o600)
         return KeySet(key_set_id, folder, client.evaluation_keys.serialize(), client)
+
+    def mark_published(self, round_id: str, model: str) -> None:
+        """Record that a bundle encrypted under this key set was published: from now on the
+        keys are never replaced, only retired."""
+        record = json.dumps({"published_at": _now()}).encode()
+        write_atomic(self.directory(round_id, model) / PUBLISHED, record, mode=0o600)
 
     def info(self, round_id: str, model: str) -> dict[str, str]:
         path = self.directory(round_id, model) / INFO

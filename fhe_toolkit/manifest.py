@@ -3,6 +3,9 @@
 A manifest lists every file with its size and SHA-256. Reading one checks all of them, refuses
 file names that could point outside the directory, and refuses files over the size limit, so a
 truncated, swapped or tampered file is caught before anything is decoded.
+
+The same manifest serves encrypted training (:mod:`fhe_toolkit.training_bundle`): there
+``round_id`` is the training job's id, ``model`` the job's name, and a batch is one iteration.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class Manifest(BaseModel):
 
     format: Literal["fhe-toolkit/manifest"] = "fhe-toolkit/manifest"
     format_version: Literal[1] = 1
-    kind: Literal["round-bundle", "submission"]
+    kind: Literal["round-bundle", "submission", "training-bundle", "training-result"]
     round_id: str = Field(pattern=ROUND_PATTERN)
     model: str = Field(pattern=NAME_PATTERN)
     key_set_id: str = Field(pattern=r"^[0-9a-f]{32}$")

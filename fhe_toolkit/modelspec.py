@@ -20,7 +20,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -99,29 +99,17 @@ class QuantizerSpec(BaseModel):
         return cls.model_validate(clean, strict=False)
 
 
-class ModelSpec(BaseModel):
-    """Everything the fund needs to encrypt for, and decode the outputs of, one compiled model."""
+class PublicSpec(BaseModel):
+    """A participant's public, plain-JSON description of a compiled circuit."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+    KIND: ClassVar[str] = "spec"
 
-    format: Literal["fhe-toolkit/model-spec"] = "fhe-toolkit/model-spec"
-    format_version: Literal[1] = 1
     name: str = Field(pattern=NAME_PATTERN)
-    family: str
     target: str = Field(pattern=r"^target(_[A-Za-z0-9_]+)?$")
     features: list[str] = Field(min_length=1, max_length=MAX_FEATURES)
-    batch_size: int = Field(ge=1, le=1024)
-    input_quantizers: list[QuantizerSpec] = Field(min_length=1, max_length=MAX_FEATURES)
-    output_quantizer: QuantizerSpec
     client_specs: dict[str, Any]
     versions: dict[str, str]
-
-    @field_validator("family")
-    @classmethod
-    def _known_family(cls, value: str) -> str:
-        if value not in FAMILIES:
-            raise ValueError(f"unknown family {value!r}; known: {sorted(FAMILIES)}")
-        return value
 
     @field_validator("features")
     @classmethod
@@ -132,25 +120,6 @@ class ModelSpec(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError("features are listed more than once")
         return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ModelSpec:
-        if len(self.input_quantizers) not in (1, len(self.features)):
-            raise ValueError(
-                f"input_quantizers must hold 1 (shared) or {len(self.features)} (one per "
-                f"feature) quantizers, not {len(self.input_quantizers)}"
-            )
-        shape = circuit_input_shape(self.client_specs)
-        if shape != [self.batch_size, len(self.features)]:
-            raise ValueError(
-                f"the circuit takes inputs of shape {shape}, but the spec declares "
-                f"{self.batch_size} row(s) of {len(self.features)} features"
-            )
-        return self
-
-    @property
-    def family_info(self) -> Family:
-        return get_family(self.family)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=True)
@@ -164,50 +133,99 @@ class ModelSpec(BaseModel):
         return json.dumps(self.client_specs).encode()
 
 
-def circuit_input_shape(client_specs: dict[str, Any]) -> list[int]:
-    """The encrypted input's shape, read from Concrete's client specs JSON (one circuit, one
-    input, one output are all the toolkit accepts)."""
+class ModelSpec(PublicSpec):
+    """Everything the fund needs to encrypt for, and decode the outputs of, one compiled model."""
+
+    KIND: ClassVar[str] = "model spec"
+
+    format: Literal["fhe-toolkit/model-spec"] = "fhe-toolkit/model-spec"
+    format_version: Literal[1] = 1
+    family: str
+    batch_size: int = Field(ge=1, le=1024)
+    input_quantizers: list[QuantizerSpec] = Field(min_length=1, max_length=MAX_FEATURES)
+    output_quantizer: QuantizerSpec
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        if value not in FAMILIES:
+            raise ValueError(f"unknown family {value!r}; known: {sorted(FAMILIES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        if len(self.input_quantizers) not in (1, len(self.features)):
+            raise ValueError(
+                f"input_quantizers must hold 1 (shared) or {len(self.features)} (one per "
+                f"feature) quantizers, not {len(self.input_quantizers)}"
+            )
+        shapes, n_outputs = circuit_shapes(self.client_specs)
+        if len(shapes) != 1 or n_outputs != 1:
+            raise ValueError("the circuit must take one input and give one output")
+        shape = shapes[0]
+        if shape != [self.batch_size, len(self.features)]:
+            raise ValueError(
+                f"the circuit takes inputs of shape {shape}, but the spec declares "
+                f"{self.batch_size} row(s) of {len(self.features)} features"
+            )
+        return self
+
+    @property
+    def family_info(self) -> Family:
+        return get_family(self.family)
+
+
+def circuit_shapes(client_specs: dict[str, Any]) -> tuple[list[list[int]], int]:
+    """The encrypted inputs' shapes and the number of outputs, read from Concrete's client specs
+    JSON (one circuit is all the toolkit accepts)."""
     try:
         circuits = client_specs["circuits"]
-        if len(circuits) != 1 or len(circuits[0]["inputs"]) != 1:
-            raise ValueError("the client specs must describe one circuit with one input")
-        if len(circuits[0]["outputs"]) != 1:
-            raise ValueError("the client specs must describe one circuit with one output")
-        lwe = circuits[0]["inputs"][0]["typeInfo"]["lweCiphertext"]
-        dims = lwe["abstractShape"]["dimensions"]
+        if len(circuits) != 1:
+            raise ValueError("the client specs must describe one circuit")
+        shapes = [
+            put["typeInfo"]["lweCiphertext"]["abstractShape"]["dimensions"]
+            for put in circuits[0]["inputs"]
+        ]
+        n_outputs = len(circuits[0]["outputs"])
         if not isinstance(client_specs["keyset"], dict):
             raise ValueError("keyset is missing")
     except (KeyError, TypeError, IndexError) as exc:
         raise ValueError(f"client_specs are not Concrete client specs ({exc!r} missing)") from None
-    if not (isinstance(dims, list) and all(isinstance(d, int) and d > 0 for d in dims)):
-        raise ValueError("client_specs give no valid input shape")
-    return dims
+    for dims in shapes:
+        if not (isinstance(dims, list) and all(isinstance(d, int) and d > 0 for d in dims)):
+            raise ValueError("client_specs give no valid input shape")
+    return shapes, n_outputs
+
+
+S = TypeVar("S", bound=PublicSpec)
 
 
 def load_spec(path: str | Path) -> ModelSpec:
+    """Read and validate a model spec file."""
+    return read_spec(path, ModelSpec)
+
+
+def read_spec(path: str | Path, spec_type: type[S]) -> S:
     """Read and validate a spec file. Plain JSON only: nothing in it is executed or unpickled."""
     path = Path(path)
+    kind = spec_type.KIND
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         raise SpecError(f"{path} does not exist.") from None
     if size > MAX_SPEC_BYTES:
-        raise SpecError(f"{path} is {size:,} bytes; a model spec is at most {MAX_SPEC_BYTES:,}.")
+        raise SpecError(f"{path} is {size:,} bytes; a {kind} is at most {MAX_SPEC_BYTES:,}.")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SpecError(f"{path} is not JSON text ({exc}); a model spec is plain JSON.") from None
-    return parse_spec(raw, source=str(path))
-
-
-def parse_spec(raw: object, source: str = "model spec") -> ModelSpec:
+        raise SpecError(f"{path} is not JSON text ({exc}); a {kind} is plain JSON.") from None
     try:
-        return ModelSpec.model_validate(raw)
+        return spec_type.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in exc.errors()[:8]
         )
-        raise SpecError(f"{source} is not a valid model spec: {problems}") from None
+        raise SpecError(f"{path} is not a valid {kind}: {problems}") from None
 
 
 class SpecCodec:

@@ -93,26 +93,8 @@ def run_rows(
     if not queue:
         return []
     count = max(1, min(workers or os.cpu_count() or 1, len(queue)))
-    context = mp.get_context("spawn")
     pool: list[_Worker] = []
     failures: list[RowFailure] = []
-
-    def launch() -> _Worker:
-        parent, child = context.Pipe(duplex=True)
-        process = context.Process(target=_worker_main, args=(job, child), daemon=True)
-        process.start()
-        child.close()
-        return _Worker(process, parent)
-
-    def wait_ready(worker: _Worker) -> None:
-        message, detail = _receive(worker)
-        if message != "ready":
-            worker.process.join(timeout=5)
-            raise WorkerSetupError(
-                detail
-                if message == "setup_failed"
-                else f"a worker died while loading (exit code {worker.process.exitcode})"
-            )
 
     def assign(worker: _Worker) -> None:
         if queue:
@@ -125,9 +107,9 @@ def run_rows(
     crashes_in_a_row = 0
     try:
         # All workers load at once: loading is most of a short run's fixed cost.
-        pool.extend(launch() for _ in range(count))
+        pool.extend(_launch(job) for _ in range(count))
         for worker in pool:
-            wait_ready(worker)
+            _wait_ready(worker)
             assign(worker)
         while any(w.chunk for w in pool):
             busy = [w for w in pool if w.chunk]
@@ -164,21 +146,86 @@ def run_rows(
                         queue.appendleft(rest)
                     pool.remove(worker)
                     if queue:
-                        pool.append(launch())
-                        wait_ready(pool[-1])
+                        pool.append(_launch(job))
+                        _wait_ready(pool[-1])
                         assign(pool[-1])
     finally:
-        for worker in pool:
-            if worker.process.is_alive():
-                try:
-                    worker.conn.send(None)
-                except (BrokenPipeError, OSError):
-                    pass
-        for worker in pool:
-            worker.process.join(timeout=10)
-            if worker.process.is_alive():
-                worker.process.kill()
+        _stop(pool)
     return sorted(failures, key=lambda f: f.position)
+
+
+class JobWorker:
+    """One worker process for sequential work, where each item needs the previous result.
+
+    ``call(item)`` returns the job's output, or raises :class:`WorkerCrashedError` if the
+    runtime kills the worker (a fresh one is started for the next call) or
+    :class:`RowFailedError` if the job raised. Use it as a context manager.
+    """
+
+    def __init__(self, job: RowJob) -> None:
+        self.job = job
+        self._worker: _Worker | None = None
+
+    def __enter__(self) -> JobWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _stop([self._worker] if self._worker else [])
+
+    def call(self, item: Any) -> Any:
+        if self._worker is None or not self._worker.process.is_alive():
+            self._worker = _launch(self.job)
+            _wait_ready(self._worker)
+        worker = self._worker
+        worker.chunk, worker.done_in_chunk = [0], 0
+        worker.conn.send([(0, item)])
+        message, detail = _receive(worker)
+        if message == "row":
+            return detail[1]
+        if message == "row_error":
+            raise RowFailedError(detail[1])
+        raise WorkerCrashedError(_crash(worker).reason)
+
+
+class RowFailedError(RuntimeError):
+    """The job raised on an item."""
+
+
+class WorkerCrashedError(RuntimeError):
+    """The FHE runtime killed the worker on an item."""
+
+
+def _launch(job: RowJob) -> _Worker:
+    context = mp.get_context("spawn")
+    parent, child = context.Pipe(duplex=True)
+    process = context.Process(target=_worker_main, args=(job, child), daemon=True)
+    process.start()
+    child.close()
+    return _Worker(process, parent)
+
+
+def _wait_ready(worker: _Worker) -> None:
+    message, detail = _receive(worker)
+    if message != "ready":
+        worker.process.join(timeout=5)
+        raise WorkerSetupError(
+            detail
+            if message == "setup_failed"
+            else f"a worker died while loading (exit code {worker.process.exitcode})"
+        )
+
+
+def _stop(workers: list[_Worker]) -> None:
+    for worker in workers:
+        if worker.process.is_alive():
+            try:
+                worker.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+    for worker in workers:
+        worker.process.join(timeout=10)
+        if worker.process.is_alive():
+            worker.process.kill()
 
 
 class RowsCrashedError(RuntimeError):

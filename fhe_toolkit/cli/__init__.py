@@ -50,7 +50,8 @@ def friendly_errors(func: F) -> F:
 
 
 class RateColumn(ProgressColumn):
-    """Items per second, e.g. ``12.3 rows/s``."""
+    """Items per second, e.g. ``12.3 rows/s``, or seconds per item when slower than one a
+    second, e.g. ``31.2 s/step``."""
 
     def __init__(self, unit: str) -> None:
         super().__init__()
@@ -58,7 +59,11 @@ class RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:,.1f} {self.unit}/s", style="cyan")
+        if not speed:
+            return Text("")
+        one = self.unit.removesuffix("s")
+        rate = f"{speed:,.1f} {self.unit}/s" if speed >= 1 else f"{1 / speed:,.1f} s/{one}"
+        return Text(rate, style="cyan")
 
 
 def progress_bar(unit: str) -> Progress:
@@ -88,13 +93,14 @@ def main() -> None:
 
 
 def _register() -> None:
-    from fhe_toolkit.cli import data, demo, fund, participant
+    from fhe_toolkit.cli import data, demo, fund, participant, training
 
     main.add_command(data.data)
     main.add_command(data.score)
     main.add_command(fund.fund)
     main.add_command(participant.participant)
     main.add_command(demo.demo)
+    training.attach(participant.participant, fund.fund)
 
 
 _register()

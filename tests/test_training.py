@@ -1,0 +1,249 @@
+"""Encrypted training across the fund/participant boundary.
+
+One real-FHE job on tiny sizes (3 features, batches of 2 rows, 3 SGD steps; the fund's key
+generation alone takes ~45 s): declared, compiled, encrypted, run (interrupted, then resumed by
+the CLI), decrypted and turned into a model that is scored in an encrypted round. The fund's
+arithmetic (batch draws, quantization, decoding) is also checked bit for bit against Concrete
+ML's single-process training without FHE, and the spec's refusals without any encryption.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fhe_toolkit.checkpoint import Checkpoint
+from fhe_toolkit.data import SynthConfig, load_tournament, synthesize
+from fhe_toolkit.fund import Fund, FundError
+from fhe_toolkit.fund_training import FundTraining
+from fhe_toolkit.keystore import KeyStoreError
+from fhe_toolkit.manifest import MANIFEST, ManifestError
+from fhe_toolkit.modelspec import SpecError, read_spec
+from fhe_toolkit.participant import CHECKPOINT, ParticipantError, run_bundle
+from fhe_toolkit.participant_training import (
+    TRAINING_SPEC_FILE,
+    TrainingJob,
+    compile_training_job,
+    run_training_bundle,
+)
+from fhe_toolkit.training_bundle import WEIGHTS, open_training_bundle
+from fhe_toolkit.training_spec import TrainingCodec, TrainingSpec, plan_batches
+
+CONFIG = SynthConfig(
+    train_eras=10, validation_eras=2, live_eras=1, rows_per_era=40, n_features=12, n_groups=3
+)
+STEPS, BATCH = 3, 2
+TOLERANCE_STEPS = 2
+"""How many steps of the weights' quantizer the encrypted run may differ by (see the README)."""
+
+
+def cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fhe_toolkit.cli", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=1200, check=False,
+    )  # fmt: skip
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def labelled_rows(frame, spec: TrainingSpec) -> tuple[np.ndarray, np.ndarray]:
+    rows = frame[frame[spec.target].notna()]
+    x = rows[spec.features].to_numpy(np.float64)
+    return x, (rows[spec.target].to_numpy() > spec.label_threshold).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Data, a compiled job and its spec (no keys, no encryption)."""
+    root = tmp_path_factory.mktemp("training")
+    paths = synthesize(root / "data", CONFIG)
+    metadata = json.loads(paths["features"].read_text())
+    metadata["feature_sets"]["tiny"] = metadata["feature_sets"]["small"][:3]
+    paths["features"].write_text(json.dumps(metadata))
+    ok(cli("participant", "training-job", "--name", "sgd", "--out", "job",
+           "--features-json", paths["features"], "--feature-set", "tiny",
+           "--iterations", STEPS, "--batch-size", BATCH, cwd=root))  # fmt: skip
+    spec = read_spec(root / "job" / TRAINING_SPEC_FILE, TrainingSpec)
+    return {"root": root, "paths": paths, "train": load_tournament(paths["train"]), "spec": spec}
+
+
+@pytest.fixture(scope="module")
+def trained(job) -> dict:
+    """The whole job in real FHE: the fund opens it, the participant runs one step and is
+    interrupted, refusals are tried, the CLI resumes and finishes, the fund decrypts."""
+    root = job["root"]
+    ok(cli("fund", "open-training", "t1", "job/training_spec.json",
+           "--data", job["paths"]["train"], cwd=root))  # fmt: skip
+    bundle = root / "fund" / "training" / "t1" / "bundle"
+
+    def interrupt(done: int, total: int) -> None:
+        if done >= 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training_bundle(bundle, root / "job", root / "result", on_progress=interrupt)
+    checkpoint = Checkpoint(root / "result" / CHECKPOINT, owner=open_training_bundle(bundle).sha256)
+    saved_step = checkpoint.latest()[0]
+    checkpoint.close()
+    resumed = cli("participant", "train-encrypted", bundle, "--job", "job", "--out", "result",
+                  cwd=root)  # fmt: skip
+    ok(resumed)
+    refusals = try_bad_results(FundTraining(root / "fund", root / "keys"), root)
+    out = ok(cli("fund", "receive-training", "t1", "result", cwd=root))
+    again = cli("fund", "receive-training", "t1", "result", cwd=root)
+    weights_path = root / "fund" / "training" / "t1" / "weights.json"
+    return {
+        "bundle": bundle, "saved_step": saved_step, "resumed": resumed, "refusals": refusals,
+        "receive_out": out, "again": again, "weights": json.loads(weights_path.read_text()),
+        "weights_path": weights_path,
+    }  # fmt: skip
+
+
+def try_bad_results(training: FundTraining, root: Path) -> dict[str, str]:
+    """Results that must be refused before any decryption."""
+    messages = {}
+    for label, change in (
+        ("other job", lambda raw: raw.replace('"round_id": "t1"', '"round_id": "t0"')),
+        ("altered file", None),
+    ):
+        bad = root / f"bad-{label.replace(' ', '-')}"
+        shutil.copytree(root / "result", bad)
+        if change is None:
+            with (bad / WEIGHTS).open("r+b") as handle:
+                handle.seek(100)
+                handle.write(b"\xff" * 8)
+        else:
+            (bad / MANIFEST).write_text(change((bad / MANIFEST).read_text()))
+        with pytest.raises((FundError, ManifestError)) as err:
+            training.receive("t1", bad)
+        messages[label] = str(err.value)
+    return messages
+
+
+def test_the_funds_draws_and_arithmetic_equal_concrete_ml_single_process_training(job):
+    """No FHE: the fund's initial weights, batches and quantization, stepped through Concrete
+    ML's own quantized SGD step, give exactly what ``SGDClassifier.fit(fhe="disable")`` gives
+    with the same seed on the same rows."""
+    spec, train = job["spec"], job["train"]
+    x, y = labelled_rows(train, spec)
+    settings = TrainingJob(features=spec.features, iterations=STEPS, batch_size=BATCH)
+    reference = settings.estimator().fit(x, y, fhe="disable")
+
+    module = settings.estimator()._get_training_quantized_module(
+        x_min=np.zeros(3), x_max=np.full(3, 4.0), device="cpu"
+    )
+    codec = TrainingCodec(spec)
+    weights, bias, batches = plan_batches(spec, len(x))
+    qw, qb = codec.quantize_parameters(weights, bias)
+    for rows in batches:
+        qw, qb = module.quantized_forward(*codec.quantize_batch(x[rows], y[rows]), qw, qb)
+    coef, intercept = codec.decode(qw, qb)
+    np.testing.assert_array_equal(coef, reference._weights_encrypted_fit.ravel())
+    assert intercept == reference._bias_encrypted_fit.ravel()[0]
+
+
+@pytest.mark.fhe
+def test_encrypted_two_role_weights_match_concrete_ml_single_process(job, trained):
+    spec = job["spec"]
+    x, y = labelled_rows(job["train"], spec)
+    settings = TrainingJob(features=spec.features, iterations=STEPS, batch_size=BATCH)
+    reference = settings.estimator().fit(x, y, fhe="simulate")
+    step = spec.output_quantizers[0].scale
+    got = np.array([*trained["weights"]["coef"], trained["weights"]["intercept"]])
+    want = np.r_[reference._weights_encrypted_fit.ravel(), reference._bias_encrypted_fit.ravel()]
+    assert np.max(np.abs(got - want)) <= TOLERANCE_STEPS * step + 1e-12
+    assert trained["weights"]["iterations"] == STEPS
+    assert "(intercept)" in trained["receive_out"]
+
+
+@pytest.mark.fhe
+def test_an_interrupted_run_resumes_at_the_next_step(job, trained):
+    assert trained["saved_step"] == 0, "the first step's weights were not checkpointed"
+    assert "encrypted weights written" in trained["resumed"].stdout
+    assert not (job["root"] / "result" / CHECKPOINT).exists()
+
+
+@pytest.mark.fhe
+def test_bad_results_are_refused_before_decryption_and_keys_decrypt_once(job, trained):
+    assert "does not match training job 't1'" in trained["refusals"]["other job"]
+    assert "SHA-256" in trained["refusals"]["altered file"]
+    again = trained["again"]
+    assert again.returncode == 2 and "received already" in again.stderr
+    keys = FundTraining(job["root"] / "fund", job["root"] / "keys").keys
+    with pytest.raises(KeyStoreError, match="retired"):
+        keys.keyset_path("t1", "sgd")
+    assert not list((job["root"] / "fund" / "training" / "t1" / "bundle").glob("keyset*"))
+
+
+@pytest.mark.fhe
+def test_a_bundle_for_another_job_is_refused(job, trained, tmp_path):
+    other = TrainingJob(features=job["spec"].features, iterations=1, batch_size=BATCH, seed=7)
+    compile_training_job(other, tmp_path / "other", "other")
+    with pytest.raises(ParticipantError, match="encrypted for training spec"):
+        run_training_bundle(trained["bundle"], tmp_path / "other", tmp_path / "out")
+
+
+@pytest.mark.fhe
+def test_the_trained_model_enters_and_scores_in_an_encrypted_round(job, trained):
+    root = job["root"]
+    ok(cli("participant", "from-weights", trained["weights_path"], "--job", "job",
+           "--calibration", job["paths"]["train"], "--name", "sgd-model", "--out", "model",
+           cwd=root))  # fmt: skip
+    fund = Fund(root / "fund", root / "keys")
+    fund.register(root / "model" / "model_spec.json", stake=10)
+    live = load_tournament(job["paths"]["live"])
+    bundles = fund.open_round("r1", live)
+    submission = run_bundle(bundles["sgd-model"], root / "model", root / "sub", workers=1)
+    predictions = fund.receive("r1", submission)
+    weights = trained["weights"]
+    logits = live[job["spec"].features].to_numpy() @ weights["coef"] + weights["intercept"]
+    clear = 1 / (1 + np.exp(-logits))
+    assert np.corrcoef(predictions.loc[live.index], clear)[0, 1] > 0.99
+    results = fund.score("r1", job["paths"]["live_targets"], live=live)
+    assert np.isfinite(results.scores.loc["sgd-model", "corr"])
+
+
+def test_training_specs_are_validated(job, tmp_path):
+    raw = json.loads(job["spec"].to_json())
+    cases = {
+        "both iterations and epochs": {**raw, "epochs": 1.0},
+        "an empty parameter range": {**raw, "parameter_range": [1.0, 1.0]},
+        "another circuit's shape": {**raw, "batch_size": BATCH + 1},
+        "an unknown field": {**raw, "pickle": "gASV"},
+    }
+    for label, bad in cases.items():
+        path = tmp_path / f"{label}.json"
+        path.write_text(json.dumps(bad))
+        with pytest.raises(SpecError, match="not a valid training spec"):
+            read_spec(path, TrainingSpec)
+        with pytest.raises(SpecError):
+            FundTraining(tmp_path / "fund", tmp_path / "keys").open_job("j", path, job["train"])
+    assert not (tmp_path / "keys").exists(), "no key was made for a refused spec"
+
+
+def test_the_fund_refuses_data_the_job_cannot_train_on(job, tmp_path):
+    spec_path = job["root"] / "job" / TRAINING_SPEC_FILE
+    training = FundTraining(tmp_path / "fund", tmp_path / "keys")
+    one_class = job["train"].assign(target=0.25)
+    with pytest.raises(FundError, match="training needs both classes"):
+        training.open_job("j", spec_path, one_class)
+    with pytest.raises(FundError, match="no column"):
+        training.open_job("j", spec_path, job["train"].drop(columns=job["spec"].features[0]))
+    assert not (tmp_path / "fund" / "training" / "j").exists()
+
+
+def test_epochs_become_steps_from_the_funds_row_count(job):
+    raw = json.loads(job["spec"].to_json())
+    spec = TrainingSpec.model_validate({**raw, "iterations": None, "epochs": 1.5})
+    assert spec.iteration_count(100) == 75
+    _, _, batches = plan_batches(spec, 100)
+    assert len(batches) == 75 and all(len(set(b)) == BATCH for b in batches)
