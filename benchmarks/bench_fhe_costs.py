@@ -21,6 +21,7 @@ from common import machine, numerai_like
 from fhe_toolkit.bundle import CIPHERTEXTS, EVALUATION_KEYS, open_bundle
 from fhe_toolkit.families import FAMILIES
 from fhe_toolkit.fund import Fund
+from fhe_toolkit.identity import create_identity
 from fhe_toolkit.participant import compile_model, export_model, run_bundle, train_model
 
 # Rows per family: enough for a steady rate, few enough for minutes, not hours.
@@ -34,7 +35,9 @@ def measure(family: str, train, live, features, work: Path) -> dict[str, float]:
     compile_model(model, train)
     export_model(model, work / family, family.replace("_", "-"))
     fund = Fund(work / f"fund-{family}", work / f"keys-{family}")
-    fund.register(work / family / "model_spec.json", stake=1)
+    identity = work / f"{family}.pem"
+    fund.add_participant(family.replace("_", "-"), create_identity(identity))
+    fund.register(work / family / "model_spec.json", participant=family.replace("_", "-"), stake=1)
     spec = fund.spec(family.replace("_", "-"))
     start = time.perf_counter()
     fund.keys.create("keygen-only", spec.name, spec)
@@ -43,7 +46,7 @@ def measure(family: str, train, live, features, work: Path) -> dict[str, float]:
     bundle_dir = fund.open_round("r1", rows)[spec.name]
     encrypt = time.perf_counter() - start - keygen  # open_round makes its own keys first
     start = time.perf_counter()
-    submission = run_bundle(bundle_dir, work / family, work / f"sub-{family}")
+    submission = run_bundle(bundle_dir, work / family, work / f"sub-{family}", identity=identity)
     run = time.perf_counter() - start
     start = time.perf_counter()
     predictions = fund.receive("r1", submission)

@@ -28,6 +28,7 @@ import pandas as pd
 from common import machine, numerai_like
 
 from fhe_toolkit.fund import Fund
+from fhe_toolkit.identity import create_identity
 from fhe_toolkit.participant import compile_model, export_model, run_bundle, train_model
 from fhe_toolkit.scoring import score_eras
 
@@ -57,13 +58,15 @@ def toolkit(model, rows: pd.DataFrame, work: Path, name: str) -> dict[str, float
     compile_model(model, rows)
     export_model(model, work / name, name)
     fund = Fund(work / "fund", work / "keys")
-    fund.register(work / name / "model_spec.json", stake=1)
+    identity = work / f"{name}.pem"
+    fund.add_participant(name, create_identity(identity))
+    fund.register(work / name / "model_spec.json", participant=name, stake=1)
     timings: dict[str, float | pd.Series] = {}
     start = time.perf_counter()
     bundle = fund.open_round("r1", rows)[name]
     timings["keys_and_encryption_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    submission = run_bundle(bundle, work / name, work / "submission")
+    submission = run_bundle(bundle, work / name, work / "submission", identity=identity)
     timings["run_s"] = time.perf_counter() - start
     start = time.perf_counter()
     timings["predictions"] = fund.receive("r1", submission)

@@ -4,7 +4,8 @@ Run from the repository root, interleaved with examples/participant.py:
 
     python examples/fund.py prepare work      # synthesize data; release train + features.json
     python examples/participant.py train work # the participant trains and exports a model
-    python examples/fund.py open work         # register it, encrypt the live era for it
+    python examples/fund.py open work         # record alice and her key, register her model,
+                                              # encrypt the live era for it (signed bundle)
     python examples/participant.py run work   # the participant runs it on the ciphertexts
     python examples/fund.py score work        # decrypt once, score, pay
 
@@ -30,7 +31,10 @@ def main(step: str, work: Path) -> None:
         paths = synthesize(data, SynthConfig(train_eras=40, validation_eras=6, rows_per_era=150))
         print(f"released {paths['train']} and {paths['features']} to participants")
     elif step == "open":
-        spec = fund.register(work / "participant" / "model_spec.json", stake=100.0)
+        fund.add_participant("alice", work / "participant" / "identity.pem.pub")
+        spec = fund.register(
+            work / "participant" / "model_spec.json", participant="alice", stake=100.0
+        )
         bundles = fund.open_round(ROUND, load_tournament(data / "live.parquet"))
         print(f"registered {spec.name}; its bundle is {bundles[spec.name]}")
     elif step == "score":

@@ -3,7 +3,7 @@
 See examples/fund.py for the order of the steps. The participant sees the released training
 data and the encrypted bundle, never a live feature value.
 
-    python examples/participant.py train work   # train, check, compile, export
+    python examples/participant.py train work   # train, check, compile, export; a signing key
     python examples/participant.py run work     # run the model on the fund's ciphertexts
 """
 
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from fhe_toolkit.data import load_features_json, load_tournament
+from fhe_toolkit.identity import create_identity
 from fhe_toolkit.participant import compile_model, diagnose, export_model, run_bundle, train_model
 
 NAME = "alice"
@@ -28,11 +29,14 @@ def main(step: str, work: Path) -> None:
         report = diagnose(model, load_tournament(data / "validation.parquet", features=features))
         print(report["mean"].unstack("metric").round(4))
         spec = export_model(model, mine, NAME)
-        print(f"send {mine / 'model_spec.json'} ({spec.family}) to the fund")
+        create_identity(mine / "identity.pem")
+        print(f"send {mine / 'model_spec.json'} ({spec.family}) and your public key")
+        print(f"{mine / 'identity.pem.pub'} to the fund")
     elif step == "run":
         bundle = work / "fund" / "rounds" / "round-1" / "bundles" / NAME
         submission = run_bundle(
-            bundle, mine, mine / "submission",
+            bundle, mine, mine / "submission", identity=mine / "identity.pem",
+            fund_key=work / "keys" / "fund_signing_key.pem.pub",  # the fund's public key
             on_progress=lambda done, total: print(f"\r{done}/{total} rows", end="", flush=True),
         )  # fmt: skip
         print(f"\nsend {submission} to the fund")

@@ -1,7 +1,7 @@
-"""One whole tournament round in real FHE, fund and participants side by side.
+"""A tournament of several rounds in real FHE, fund and participants side by side.
 
 Sizes are chosen to finish in a few minutes on 2 cores: the tree models cost 0.3–0.5 s per live
-row in FHE, so the live era is small. Every step goes through the same API the CLI uses.
+row in FHE, so the live eras are small. Every step goes through the same API the CLI uses.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ import pandas as pd
 
 from fhe_toolkit.bundle import CIPHERTEXTS, EVALUATION_KEYS
 from fhe_toolkit.data import SynthConfig, load_features_json, load_tournament, synthesize
+from fhe_toolkit.data.schema import ERA
 from fhe_toolkit.fund import Fund, fund_benchmark
+from fhe_toolkit.identity import create_identity
 from fhe_toolkit.participant import compile_model, diagnose, export_model, run_bundle, train_model
+from fhe_toolkit.report import write_report
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,11 @@ PARTICIPANTS = (
     DemoParticipant("carol", "xgboost", "small", 80.0),
     DemoParticipant("dave", "ridge", "medium", 120.0),
 )
-DEMO_DATA = SynthConfig(train_eras=60, validation_eras=8, live_eras=1, rows_per_era=200)
+DEMO_DATA = SynthConfig(train_eras=60, validation_eras=8, live_eras=3, rows_per_era=100)
+STAKE_CHANGE = ("bob", 75.0)
+"""Between the first and second round, bob raises his stake."""
+IDENTITY = "identity.pem"
+"""Each participant's private signing key, in its own directory."""
 
 
 @dataclass
@@ -44,12 +51,13 @@ class StepTimer:
     steps: list[dict[str, Any]]
     say: Callable[[str], None]
 
-    def run(self, label: str, action: Callable[[], Any], **facts: Any) -> Any:
+    def run(self, label: str, action: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call ``action(*args, **kwargs)``, saying what it does and recording its time."""
         self.say(f"… {label}")
         start = time.perf_counter()
-        result = action()
+        result = action(*args, **kwargs)
         seconds = time.perf_counter() - start
-        self.steps.append({"step": label, "seconds": round(seconds, 2), **facts})
+        self.steps.append({"step": label, "seconds": round(seconds, 2)})
         self.say(f"  done in {seconds:.1f}s")
         return result
 
@@ -63,9 +71,11 @@ def run_demo(
     say: Callable[[str], None] = print,
     on_rows: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Synthesize data, train and export each participant's model, open an encrypted round, run
-    every model on its ciphertexts, decrypt, score and pay. Returns what happened (also written
-    to ``out_dir/demo_summary.json``); ``out_dir`` is replaced."""
+    """Synthesize data; each participant makes a signing identity, trains and exports a model;
+    the fund records them and runs one encrypted round per live era: fresh keys, signed
+    bundles, FHE inference, signed submissions, one decryption per model, scores and payouts
+    that change the stakes. Ends with the leaderboard and the HTML report. Returns what
+    happened (also written to ``out_dir/demo_summary.json``); ``out_dir`` is replaced."""
     root = Path(out_dir)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -73,70 +83,90 @@ def run_demo(
     paths = timer.run(
         f"fund: synthesize {len(config.era_splits())} eras × {config.rows_per_era} rows × "
         f"{config.n_features} features",
-        lambda: synthesize(root / "data", config),
-    )
+        synthesize, root / "data", config,
+    )  # fmt: skip
     metadata = load_features_json(paths["features"])
     train = load_tournament(paths["train"])
     validation = load_tournament(paths["validation"])
-    live = load_tournament(paths["live"])
+    live_all = load_tournament(paths["live"])
+    targets_all = pd.read_parquet(paths["live_targets"])
     fund = Fund(root / "fund", root / "keys")
+    fund_key = fund.public_key()
     diagnostics = {}
     for who in participants:
         features = metadata.features(who.feature_set)
+        home = root / "participants" / who.name
 
-        def build(who: DemoParticipant = who, features: list[str] = features) -> Any:
+        def build(who: DemoParticipant, features: list[str], home: Path) -> Any:
             model = train_model(train, family=who.family, features=features)
             compile_model(model, train)
-            export_model(model, root / "participants" / who.name, who.name)
+            export_model(model, home, who.name)
             return model
 
         model = timer.run(
-            f"{who.name}: train + compile {who.family} on {len(features)} features", build
-        )
+            f"{who.name}: train + compile {who.family} on {len(features)} features",
+            build, who, features, home,
+        )  # fmt: skip
         report = diagnose(model, validation, modes=("clear", "quantized", "simulated"))
         diagnostics[who.name] = report.xs("corr", level="metric")["mean"].round(4).to_dict()
-        fund.register(root / "participants" / who.name / "model_spec.json", stake=who.stake)
+        fund.add_participant(who.name, create_identity(home / IDENTITY))
+        fund.register(home / "model_spec.json", participant=who.name, stake=who.stake)
 
-    bundles = timer.run(
-        f"fund: open round, fresh keys + encrypt {len(live)} live rows for each model",
-        lambda: fund.open_round("round-1", live, on_progress=_scoped(on_rows, "encrypt")),
-    )
-    sizes = {
-        name: {
-            "ciphertext_bytes_per_row": round((path / CIPHERTEXTS).stat().st_size / len(live)),
-            "evaluation_key_bytes": (path / EVALUATION_KEYS).stat().st_size,
+    sizes: dict[str, Any] = {}
+    rounds = []
+    for number, era in enumerate(sorted(live_all[ERA].unique()), start=1):
+        name = f"round-{number}"
+        live = live_all[live_all[ERA] == era]
+        if number == 2:
+            fund.set_stake(*STAKE_CHANGE)
+            say(f"  {STAKE_CHANGE[0]} sets his stake to {STAKE_CHANGE[1]:g} from round 2 on")
+        bundles = timer.run(
+            f"fund: open {name} (era {era}): fresh keys + encrypt {len(live)} rows per model",
+            fund.open_round, name, live, on_progress=_scoped(on_rows, f"{name} encrypt"),
+        )  # fmt: skip
+        sizes = sizes or {
+            model: {
+                "ciphertext_bytes_per_row": round((path / CIPHERTEXTS).stat().st_size / len(live)),
+                "evaluation_key_bytes": (path / EVALUATION_KEYS).stat().st_size,
+            }
+            for model, path in bundles.items()
         }
-        for name, path in bundles.items()
-    }
-    for who in participants:
-        model_dir = root / "participants" / who.name
-        submission = model_dir / "submission-round-1"
+        for who in participants:
+            home = root / "participants" / who.name
+            submission = home / f"submission-{name}"
 
-        def infer(who: DemoParticipant = who, model_dir: Path = model_dir) -> Path:
-            return run_bundle(
-                bundles[who.name], model_dir, model_dir / "submission-round-1",
-                workers=workers, on_progress=_scoped(on_rows, f"{who.name} FHE"),
+            timer.run(
+                f"{who.name}: FHE inference ({who.family}) on {len(live)} rows",
+                run_bundle, bundles[who.name], home, submission, identity=home / IDENTITY,
+                fund_key=fund_key, workers=workers,
+                on_progress=_scoped(on_rows, f"{name} {who.name} FHE"),
             )  # fmt: skip
-
-        def receive(submission: Path = submission) -> pd.Series:
-            return fund.receive("round-1", submission, workers=workers)
-
-        timer.run(f"{who.name}: FHE inference ({who.family}) on {len(live)} encrypted rows", infer)
-        timer.run(f"fund: verify + decrypt {who.name}'s submission, retire its keys", receive)
-    results = timer.run(
-        "fund: score (CORR, MMC, BMC, FNC, exposure) and pay",
-        lambda: fund.score(
-            "round-1", paths["live_targets"], live=live, benchmark=fund_benchmark(train, live)
-        ),
+            timer.run(
+                f"fund: verify + decrypt {who.name}'s submission, retire its keys",
+                fund.receive, name, submission, workers=workers,
+            )  # fmt: skip
+        fund.close_round(name)
+        results = timer.run(
+            f"fund: resolve {name} (CORR, MMC, BMC, FNC, exposure) and pay",
+            fund.score, name, targets_all.loc[live.index], live=live,
+            benchmark=fund_benchmark(train, live),
+        )  # fmt: skip
+        rounds.append(
+            {"round": name, "era": era,
+             "scores": json.loads(results.scores.round(4).to_json(orient="index"))}
+        )  # fmt: skip
+    report_path = timer.run(
+        "fund: leaderboard and HTML report", write_report, fund.db, root / "report.html"
     )
     summary = {
         "data": asdict(config),
-        "live_rows": len(live),
+        "live_rows_per_round": config.rows_per_era,
         "steps": timer.steps,
         "sizes": sizes,
         "validation_corr": diagnostics,
-        "scores": json.loads(results.scores.round(4).to_json(orient="index")),
-        "results_dir": str(results.directory),
+        "rounds": rounds,
+        "leaderboard": json.loads(fund.leaderboard().round(4).to_json(orient="index")),
+        "report": str(report_path),
     }
     (root / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -19,3 +19,7 @@ class ScoringTypeError(FheToolkitError, TypeError):
 
 class DataValidationError(FheToolkitError, ValueError):
     """A tournament data file or frame that does not follow the Numerai format."""
+
+
+class FundError(FheToolkitError, ValueError):
+    """A fund operation refused, with the reason."""

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from fhe_toolkit.data import load_tournament
-from fhe_toolkit.fund import FundError, check_versions
+from fhe_toolkit.errors import FundError
+from fhe_toolkit.fund import check_versions
 from fhe_toolkit.jobs import DecryptJob
 from fhe_toolkit.keystore import SPECS, TRAINING_KEYS, KeyStore
 from fhe_toolkit.manifest import ROUND_PATTERN, write_atomic

@@ -219,13 +219,18 @@ def read_spec(path: str | Path, spec_type: type[S]) -> S:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SpecError(f"{path} is not JSON text ({exc}); a {kind} is plain JSON.") from None
+    return validate_spec(raw, spec_type, str(path))
+
+
+def validate_spec(raw: object, spec_type: type[S], source: str) -> S:
+    """A spec from decoded JSON, every field checked; ``source`` names it in the error."""
     try:
         return spec_type.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in exc.errors()[:8]
         )
-        raise SpecError(f"{path} is not a valid {kind}: {problems}") from None
+        raise SpecError(f"{source} is not a valid {spec_type.KIND}: {problems}") from None
 
 
 class SpecCodec:

@@ -35,6 +35,13 @@ from fhe_toolkit.compiling import (
 )
 from fhe_toolkit.errors import FheToolkitError
 from fhe_toolkit.families import Family, get_family
+from fhe_toolkit.identity import (
+    IdentityError,
+    load_private_key,
+    load_public_key,
+    sign_directory,
+    verify_directory,
+)
 from fhe_toolkit.jobs import ServerJob
 from fhe_toolkit.manifest import MANIFEST
 from fhe_toolkit.modelspec import ModelSpec, QuantizerSpec, load_spec
@@ -258,17 +265,28 @@ def run_bundle(
     model_dir: str | Path,
     out_dir: str | Path,
     *,
+    identity: str | Path,
+    fund_key: str | Path | bytes | None = None,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Run the exported model on every encrypted row of a round bundle; write the submission.
+    """Run the exported model on every encrypted row of a round bundle; write the submission,
+    signed with the participant's private key ``identity`` (the fund refuses it otherwise).
 
-    Rows run in worker processes on all cores (a crash of Concrete's runtime costs a worker, and
-    is reported with the row's ids). Finished batches are checkpointed in ``out_dir``, so running
-    again after an interruption only computes what is left, and running again after success
-    does nothing. ``on_progress(rows_done, rows)`` reports progress. Returns the submission
-    directory (``out_dir``).
+    ``fund_key``: the fund's public key (file or hex): the bundle must carry the fund's
+    signature. Rows run in worker processes on all cores (a crash of Concrete's runtime costs a
+    worker, and is reported with the row's ids). Finished batches are checkpointed in
+    ``out_dir``, so running again after an interruption only computes what is left, and running
+    again after success does nothing. ``on_progress(rows_done, rows)`` reports progress.
+    Returns the submission directory (``out_dir``).
     """
+    signing_key = load_private_key(identity)
+    if fund_key is not None:
+        key = fund_key if isinstance(fund_key, bytes) else load_public_key(fund_key)
+        try:
+            verify_directory(bundle_dir, key, "the fund")
+        except IdentityError as exc:
+            raise ParticipantError(f"not running this bundle: {exc}") from None
     spec, deployment = load_model_dir(model_dir)
     bundle = open_bundle(bundle_dir)
     if bundle.manifest.model != spec.name or bundle.manifest.spec_sha256 != spec.sha256():
@@ -287,6 +305,7 @@ def run_bundle(
     if (out / MANIFEST).exists():
         finished = open_submission(out)
         if finished.manifest.bundle_sha256 == bundle.sha256:
+            sign_directory(out, signing_key)
             return out
         raise ParticipantError(
             f"{out} holds the submission for another bundle (round "
@@ -332,6 +351,7 @@ def run_bundle(
                 f"{out / CHECKPOINT}; running again computes only what is left."
             )
         write_submission(out, bundle, [data for _, data in checkpoint.outputs()], mine)
+        sign_directory(out, signing_key)
     except BaseException:
         checkpoint.close()
         raise

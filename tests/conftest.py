@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from fhe_toolkit.data import SynthConfig, make_tournament, synthesize
+from tests.databases import NoServer, new_database, postgres_server
 
 DATA = Path(__file__).parent / "data"
 
@@ -36,3 +38,24 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     synthesize(out, SMALL)
     return out
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    try:
+        with postgres_server() as url:
+            yield url
+    except NoServer as exc:
+        yield f"unavailable: {exc}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: a SQLite file, or a database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fund.db'}"
+    server = request.getfixturevalue("postgres_server_url")
+    if server.startswith("unavailable: "):
+        reason = server.removeprefix("unavailable: ")
+        pytest.skip(f"no PostgreSQL server could be started: {reason}")
+    return new_database(server)

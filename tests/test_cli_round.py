@@ -38,11 +38,17 @@ def test_round_through_the_cli(tmp_path):
                  "--benchmark", "bench.parquet", cwd=tmp_path))  # fmt: skip
     assert "quantized" in out and "simulated" in out and "bmc" in out
     assert "model_spec.json" in out
-    ok(cli("fund", "register", "alice/model_spec.json", "--stake", "25", cwd=tmp_path))
+    out = ok(cli("identity", "new", "alice.pem", cwd=tmp_path))
+    assert "alice.pem.pub" in out
+    ok(cli("fund", "add-participant", "alice", "--public-key", "alice.pem.pub", cwd=tmp_path))
+    ok(cli("fund", "register", "alice/model_spec.json", "--participant", "alice",
+           "--stake", "25", cwd=tmp_path))  # fmt: skip
+    fund_key = ok(cli("fund", "public-key", cwd=tmp_path)).split()[0]
     out = ok(cli("fund", "open-round", "R1", "--live", "data/live.parquet", cwd=tmp_path))
     bundle = tmp_path / "fund" / "rounds" / "R1" / "bundles" / "alice"
     assert str(Path("fund/rounds/R1/bundles/alice")) in out and bundle.is_dir()
-    result = cli("participant", "run", bundle, "--model", "alice", "--out", "sub", cwd=tmp_path)
+    result = cli("participant", "run", bundle, "--model", "alice", "--out", "sub",
+                 "--identity", "alice.pem", "--fund-key", fund_key, cwd=tmp_path)  # fmt: skip
     assert "rows" in ok(result) + result.stderr
     ok(cli("fund", "receive", "R1", "sub", cwd=tmp_path))
     again = cli("fund", "receive", "R1", "sub", cwd=tmp_path)
@@ -55,13 +61,19 @@ def test_round_through_the_cli(tmp_path):
     assert "alice" in out and "payout" in out
     scores = pd.read_csv(tmp_path / "fund" / "rounds" / "R1" / "results" / "scores.csv")
     assert list(scores["model"]) == ["alice"]
+    board = ok(cli("fund", "leaderboard", "--sort", "stake", cwd=tmp_path))
+    assert "alice" in board and "reputation" in board
+    ok(cli("fund", "report", "--out", "report.html", cwd=tmp_path))
+    assert (tmp_path / "report.html").stat().st_size > 1_000_000  # plotly.js is inlined
     assert (tmp_path / "keys" / "R1" / "alice" / "retired.json").is_file()
 
 
 def test_cli_errors_name_the_problem(tmp_path):
-    result = cli("fund", "register", "nope.json", "--stake", "1", cwd=tmp_path)
+    result = cli("fund", "register", "nope.json", "--participant", "x", "--stake", "1",
+                 cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2 and "nope.json does not exist" in result.stderr
-    result = cli("participant", "run", "nowhere", "--model", "nothing", "--out", "x", cwd=tmp_path)
+    result = cli("participant", "run", "nowhere", "--model", "nothing", "--out", "x",
+                 "--identity", "none.pem", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
@@ -69,5 +81,8 @@ def test_demo_at_a_small_size(tmp_path):
     out = ok(cli("demo", "--out", "demo", "--live-rows", "24", cwd=tmp_path))
     assert "scores and payouts" in out
     summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
-    assert set(summary["scores"]) == {"alice", "bob", "carol", "dave"}
-    assert summary["live_rows"] == 24
+    assert [r["round"] for r in summary["rounds"]] == ["round-1", "round-2", "round-3"]
+    assert all(set(r["scores"]) == {"alice", "bob", "carol", "dave"} for r in summary["rounds"])
+    assert summary["live_rows_per_round"] == 24
+    assert set(summary["leaderboard"]) == {"alice", "bob", "carol", "dave"}
+    assert Path(summary["report"]).is_file()

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import stat
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from fhe_toolkit.bundle import CIPHERTEXTS, EVALUATION_KEYS, PREDICTIONS, open_b
 from fhe_toolkit.checkpoint import Checkpoint
 from fhe_toolkit.data import SynthConfig, load_features_json, load_tournament, synthesize
 from fhe_toolkit.fund import Fund, FundError, fund_benchmark
+from fhe_toolkit.identity import SIGNATURE, create_identity, load_private_key, sign_directory
 from fhe_toolkit.keystore import KeyStoreError
 from fhe_toolkit.manifest import MANIFEST, ManifestError, write_manifest
 from fhe_toolkit.participant import (
@@ -31,6 +33,7 @@ from fhe_toolkit.participant import (
     run_bundle,
     train_model,
 )
+from tests.identities import enroll
 
 pytestmark = pytest.mark.fhe
 
@@ -38,6 +41,7 @@ CONFIG = SynthConfig(
     train_eras=20, validation_eras=2, live_eras=1, rows_per_era=70, n_features=12, n_groups=3
 )
 MODELS = {"lin": ("linear", {}), "tree": ("decision_tree", {"max_depth": 2})}
+ID = {name: (lambda world, name=name: world["identities"][name]) for name in MODELS}
 
 
 @pytest.fixture(scope="module")
@@ -48,24 +52,33 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     live = load_tournament(paths["live"])
     features = load_features_json(paths["features"]).features("small")
     fund = Fund(root / "fund", root / "keys")
-    models = {}
+    models, identities = {}, {}
     for name, (family, params) in MODELS.items():
         model = train_model(train, family=family, features=features, params=params)
         compile_model(model, train)
         export_model(model, root / name, name)
-        fund.register(root / name / "model_spec.json", stake=10.0)
+        identities[name] = enroll(fund, root, f"owner-of-{name}")
+        fund.register(root / name / "model_spec.json", participant=f"owner-of-{name}", stake=10.0)
         models[name] = model
     bundles = fund.open_round("r1", live)
     pristine = root / "pristine"
     for name, bundle in bundles.items():
         shutil.copytree(bundle, pristine / name)
     submissions = {
-        name: run_bundle(bundles[name], root / name, root / f"sub-{name}", workers=2)
+        name: run_bundle(
+            bundles[name],
+            root / name,
+            root / f"sub-{name}",
+            identity=identities[name],
+            fund_key=fund.public_key(),
+            workers=2,
+        )
         for name in MODELS
     }
     return {
         "root": root, "paths": paths, "train": train, "live": live, "fund": fund,
         "models": models, "bundles": pristine, "submissions": submissions,
+        "identities": identities,
     }  # fmt: skip
 
 
@@ -123,6 +136,14 @@ def refusals(world, tmp_path_factory) -> dict[str, str]:
     text = (swapped / MANIFEST).read_text().replace('"model": "lin"', '"model": "tree"')
     (swapped / MANIFEST).write_text(text)
     attempt("claims another model", swapped)
+
+    other_signer = copy(good, work / "other-signer")
+    sign_directory(other_signer, load_private_key(world["identities"]["tree"]))
+    attempt("signed by another participant", other_signer)
+
+    unsigned = copy(good, work / "unsigned")
+    (unsigned / SIGNATURE).unlink()
+    attempt("unsigned", unsigned)
     return messages
 
 
@@ -132,6 +153,11 @@ def test_bad_submissions_are_refused_before_decryption(world, refusals):
     assert "SHA-256" in refusals["tampered file"]
     assert "round 'r0'" in refusals["other round"]
     assert "another bundle" in refusals["claims another model"]
+    assert (
+        "signed by 'owner-of-tree', who does not own the model"
+        in refusals["signed by another participant"]
+    )
+    assert "is not signed" in refusals["unsigned"]
     # Nothing was decrypted or stored: the keys still exist, no submission was kept.
     assert world["fund"].keys.keyset_path("r1", "lin").is_file()
     assert not (world["fund"].round_dir("r1") / "submissions" / "lin").exists()
@@ -158,6 +184,7 @@ def test_keys_are_private_retired_and_never_in_bundles(world, received):
         store.keyset_path("r1", "lin")
     with pytest.raises(FundError, match="received already"):
         world["fund"].receive("r1", world["submissions"]["lin"])
+
     bundle_files = {f.name for f in world["bundles"].rglob("*") if f.is_file()}
     assert bundle_files == {CIPHERTEXTS, EVALUATION_KEYS, "model_spec.json", MANIFEST}
 
@@ -172,6 +199,13 @@ def test_round_scores_and_payouts(world, received):
     assert (results.scores["payout"].abs() <= 10.0 * 0.05 + 1e-12).all()
     published = pd.read_csv(results.directory / "scores.csv", index_col=0)
     assert (published["corr"] == published["corr"].round(4)).all()
+    stakes = world["fund"].models()["stake"]
+    assert stakes.to_dict() == pytest.approx((10.0 + results.scores["payout"]).to_dict())
+    (results.directory / "scores.csv").unlink()
+    again = world["fund"].score("r1", world["paths"]["live_targets"], live=world["live"])
+    assert world["fund"].models()["stake"].equals(stakes), "a resolved round was paid twice"
+    assert (again.directory / "scores.csv").is_file()
+    assert again.scores["payout"].to_dict() == pytest.approx(results.scores["payout"].to_dict())
 
 
 def test_truncated_ciphertext_file_is_refused(world, tmp_path):
@@ -179,13 +213,14 @@ def test_truncated_ciphertext_file_is_refused(world, tmp_path):
     data = (bundle / CIPHERTEXTS).read_bytes()
     (bundle / CIPHERTEXTS).write_bytes(data[: len(data) // 2])
     with pytest.raises(ManifestError, match="truncated"):
-        run_bundle(bundle, world["root"] / "lin", tmp_path / "out")
+        run_bundle(bundle, world["root"] / "lin", tmp_path / "out", identity=ID["lin"](world))
     assert not (tmp_path / "out" / PREDICTIONS).exists()
 
 
 def test_bundle_for_another_model_is_refused(world, tmp_path):
     with pytest.raises(ParticipantError, match="encrypted for model 'tree'"):
-        run_bundle(world["bundles"] / "tree", world["root"] / "lin", tmp_path / "out")
+        run_bundle(world["bundles"] / "tree", world["root"] / "lin", tmp_path / "out",
+                   identity=ID["lin"](world))  # fmt: skip
 
 
 def test_evaluation_keys_of_another_circuit_fail_cleanly(world, tmp_path):
@@ -193,7 +228,8 @@ def test_evaluation_keys_of_another_circuit_fail_cleanly(world, tmp_path):
     shutil.copy(world["bundles"] / "lin" / EVALUATION_KEYS, bundle / EVALUATION_KEYS)
     rewrite_manifest(bundle)
     with pytest.raises(RunError, match="batch"):
-        run_bundle(bundle, world["root"] / "tree", tmp_path / "out", workers=1)
+        run_bundle(bundle, world["root"] / "tree", tmp_path / "out", workers=1,
+                   identity=ID["tree"](world))  # fmt: skip
     assert not (tmp_path / "out" / PREDICTIONS).exists()
 
 
@@ -210,7 +246,7 @@ def test_corrupted_ciphertext_fails_its_row_only(world, tmp_path):
     rewrite_manifest(bundle)
     out = tmp_path / "out"
     with pytest.raises(RunError, match=r"1 batch\(es\) failed: batch 3 "):
-        run_bundle(bundle, world["root"] / "tree", out, workers=2)
+        run_bundle(bundle, world["root"] / "tree", out, workers=2, identity=ID["tree"](world))
     checkpoint = Checkpoint(out / CHECKPOINT, owner=open_bundle(bundle).sha256)
     assert checkpoint.done() == set(range(CONFIG.rows_per_era)) - {3}
     checkpoint.close()
@@ -225,16 +261,47 @@ def test_an_interrupted_run_resumes_without_recomputing(world, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run_bundle(world["bundles"] / "tree", world["root"] / "tree", out, workers=2,
-                   on_progress=interrupt)  # fmt: skip
+                   on_progress=interrupt, identity=ID["tree"](world))  # fmt: skip
     reports: list[tuple[int, int]] = []
     run_bundle(world["bundles"] / "tree", world["root"] / "tree", out, workers=2,
-               on_progress=lambda *a: reports.append(a))  # fmt: skip
+               on_progress=lambda *a: reports.append(a), identity=ID["tree"](world))  # fmt: skip
     assert reports[0][0] >= 20, "finished rows were computed again"
     assert reports[-1] == (CONFIG.rows_per_era, CONFIG.rows_per_era)
     ours = pq.read_table(out / PREDICTIONS).column("ciphertext").to_pylist()
     assert len(ours) == CONFIG.rows_per_era and not (out / CHECKPOINT).exists()
     before = (out / PREDICTIONS).stat().st_mtime_ns
-    run_bundle(world["bundles"] / "tree", world["root"] / "tree", out)  # finished: nothing to do
+    run_bundle(world["bundles"] / "tree", world["root"] / "tree", out, identity=ID["tree"](world))
     assert (out / PREDICTIONS).stat().st_mtime_ns == before
     with pytest.raises(ParticipantError, match="submission for another bundle"):
-        run_bundle(world["bundles"] / "lin", world["root"] / "lin", out)
+        run_bundle(world["bundles"] / "lin", world["root"] / "lin", out, identity=ID["lin"](world))
+
+
+def test_bundles_are_signed_by_the_fund_and_checked(world, tmp_path):
+    bundle = copy(world["bundles"] / "lin", tmp_path / "bundle")
+    stranger = tmp_path / "stranger.pem"
+    create_identity(stranger)
+    sign_directory(bundle, load_private_key(stranger))
+    with pytest.raises(ParticipantError, match="not the fund's"):
+        run_bundle(bundle, world["root"] / "lin", tmp_path / "out", identity=ID["lin"](world),
+                   fund_key=world["fund"].public_key())  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_late_replayed_and_closed_round_submissions_are_refused(world, received, tmp_path):
+    fund, live = world["fund"], world["live"]
+
+    def submit(round_id: str, **open_args) -> Path:
+        bundle = fund.open_round(round_id, live, models=["lin"], **open_args)["lin"]
+        return run_bundle(bundle, world["root"] / "lin", tmp_path / round_id,
+                          identity=ID["lin"](world), workers=1)  # fmt: skip
+
+    late = submit("late", deadline=datetime.now(UTC) - timedelta(minutes=1))
+    with pytest.raises(FundError, match="stopped taking submissions"):
+        fund.receive("late", late)
+    with pytest.raises(FundError, match="answers round 'late', not 'r1'"):
+        fund.receive("r1", late)
+    closed = submit("closed")
+    fund.close_round("closed")
+    with pytest.raises(FundError, match="is closed"):
+        fund.receive("closed", closed)
+    assert fund.keys.keyset_path("late", "lin").is_file(), "a refused submission used the keys"

@@ -13,6 +13,8 @@ import pytest
 from fhe_toolkit.fund import Fund, FundError
 from fhe_toolkit.modelspec import SpecCodec, SpecError, load_spec
 from fhe_toolkit.participant import compile_model, export_model, train_model
+from fhe_toolkit.registry import RegistryError
+from tests.identities import enroll
 
 
 class Payload:
@@ -51,6 +53,7 @@ def test_spec_carrying_a_pickle_is_refused_and_its_code_never_runs(exported, tmp
     marker = tmp_path / "pwned"
     blob = base64.b64encode(pickle.dumps(Payload(marker))).decode()
     fund = Fund(tmp_path / "fund", tmp_path / "keys")
+    enroll(fund, tmp_path, "mallory")
     raw = spec_json(exported)
     for attack in (
         {**raw, "serialized_processing": blob},
@@ -59,9 +62,9 @@ def test_spec_carrying_a_pickle_is_refused_and_its_code_never_runs(exported, tmp
         {**raw, "family": "__import__('os').system('touch x')"},
     ):
         with pytest.raises(SpecError):
-            fund.register(write(tmp_path, attack), stake=1.0)
+            fund.register(write(tmp_path, attack), participant="mallory", stake=1.0)
     assert not marker.exists()
-    assert fund.registry() == {}
+    assert fund.models().empty
 
 
 def test_the_fund_decodes_no_participant_object(exported, tmp_path, monkeypatch, tournament):
@@ -84,7 +87,8 @@ def test_the_fund_decodes_no_participant_object(exported, tmp_path, monkeypatch,
     ):
         monkeypatch.setattr(module, name, spy(name, getattr(module, name)))
     fund = Fund(tmp_path / "fund", tmp_path / "keys")
-    fund.register(exported[0] / "model_spec.json", stake=1.0)
+    enroll(fund, tmp_path, "alice")
+    fund.register(exported[0] / "model_spec.json", participant="alice", stake=1.0)
     live = tournament[0][tournament[0]["data_type"] == "live"]
     fund.open_round("r1", live)
     assert calls == []
@@ -132,15 +136,35 @@ def test_not_json_and_oversized_specs(tmp_path):
 
 def test_registration_refusals(exported, tmp_path):
     fund = Fund(tmp_path / "fund", tmp_path / "keys")
+    enroll(fund, tmp_path, "alice")
+    enroll(fund, tmp_path, "bob")
     raw = spec_json(exported)
-    with pytest.raises(FundError, match="stake"):
-        fund.register(write(tmp_path, raw), stake=-5)
+    with pytest.raises(RegistryError, match="stake must be ≥ 0"):
+        fund.register(write(tmp_path, raw), participant="alice", stake=-5)
+    with pytest.raises(RegistryError, match="participant 'carol' is not registered"):
+        fund.register(write(tmp_path, raw), participant="carol", stake=1)
     raw["versions"]["concrete-python"] = "0.0.1"
     with pytest.raises(FundError, match=r"compiled with concrete-python 0\.0\.1"):
-        fund.register(write(tmp_path, raw), stake=1)
-    fund.register(exported[0] / "model_spec.json", stake=1)
+        fund.register(write(tmp_path, raw), participant="alice", stake=1)
+    fund.register(exported[0] / "model_spec.json", participant="alice", stake=1)
+    with pytest.raises(RegistryError, match="belongs to another participant"):
+        fund.register(exported[0] / "model_spec.json", participant="bob", stake=1)
     other = spec_json(exported)
     other["target"] = "target_60d"
-    with pytest.raises(FundError, match="registered for another model"):
-        fund.register(write(tmp_path, other), stake=1)
-    assert list(fund.registry()) == ["honest"]
+    with pytest.raises(RegistryError, match="registered for 'target', not 'target_60d'"):
+        fund.register(write(tmp_path, other), participant="alice", stake=1)
+    assert list(fund.models().index) == ["honest"]
+    assert fund.models().loc["honest", "version"] == 1
+
+
+def test_a_changed_spec_becomes_the_next_version(exported, tmp_path):
+    fund = Fund(tmp_path / "fund", tmp_path / "keys")
+    enroll(fund, tmp_path, "alice")
+    fund.register(exported[0] / "model_spec.json", participant="alice", stake=1)
+    fund.register(exported[0] / "model_spec.json", participant="alice", stake=3)
+    changed = spec_json(exported)
+    changed["output_quantizer"]["scale"] *= 2
+    fund.register(write(tmp_path, changed), participant="alice", stake=3)
+    models = fund.models()
+    assert models.loc["honest", "version"] == 2 and models.loc["honest", "stake"] == 3
+    assert fund.spec("honest").output_quantizer.scale == changed["output_quantizer"]["scale"]

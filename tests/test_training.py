@@ -34,6 +34,7 @@ from fhe_toolkit.participant_training import (
 )
 from fhe_toolkit.training_bundle import WEIGHTS, open_training_bundle
 from fhe_toolkit.training_spec import TrainingCodec, TrainingSpec, plan_batches
+from tests.identities import enroll
 
 CONFIG = SynthConfig(
     train_eras=10, validation_eras=2, live_eras=1, rows_per_era=40, n_features=12, n_groups=3
@@ -199,10 +200,13 @@ def test_the_trained_model_enters_and_scores_in_an_encrypted_round(job, trained)
            "--calibration", job["paths"]["train"], "--name", "sgd-model", "--out", "model",
            cwd=root))  # fmt: skip
     fund = Fund(root / "fund", root / "keys")
-    fund.register(root / "model" / "model_spec.json", stake=10)
+    identity = enroll(fund, root, "alice")
+    fund.register(root / "model" / "model_spec.json", participant="alice", stake=10)
     live = load_tournament(job["paths"]["live"])
     bundles = fund.open_round("r1", live)
-    submission = run_bundle(bundles["sgd-model"], root / "model", root / "sub", workers=1)
+    submission = run_bundle(
+        bundles["sgd-model"], root / "model", root / "sub", identity=identity, workers=1
+    )
     predictions = fund.receive("r1", submission)
     weights = trained["weights"]
     logits = live[job["spec"].features].to_numpy() @ weights["coef"] + weights["intercept"]

@@ -93,13 +93,14 @@ def main() -> None:
 
 
 def _register() -> None:
-    from fhe_toolkit.cli import data, demo, fund, participant, training
+    from fhe_toolkit.cli import data, demo, fund, identity, participant, training
 
     main.add_command(data.data)
     main.add_command(data.score)
     main.add_command(fund.fund)
     main.add_command(participant.participant)
     main.add_command(demo.demo)
+    main.add_command(identity.identity)
     training.attach(participant.participant, fund.fund)
 
 

@@ -27,19 +27,21 @@ from fhe_toolkit.tables import print_frame
     "--live-rows",
     default=DEMO_DATA.rows_per_era,
     show_default=True,
-    help="Rows per era (so also live rows, each encrypted and run in FHE).",
+    help="Rows per era (so live rows per round, each encrypted and run in FHE).",
 )
 @click.option("--workers", type=int, help="Worker processes for FHE (default: one per core).")
 @friendly_errors
 def demo(out_dir: Path, live_rows: int, workers: int | None) -> None:
-    """Run one full tournament round in real FHE (encrypt, execute, decrypt), then score it.
+    """Run a tournament of three rounds in real FHE (encrypt, execute, decrypt), scored and paid.
 
     \b
-    The fund synthesizes Numerai-shaped data; four participants train models of three families
-    (linear, decision tree, XGBoost, ridge), compile them and send their public specs; the fund
-    encrypts the live era under fresh keys per model; each participant runs its model on the
-    ciphertexts; the fund decrypts once per model, scores CORR / MMC / BMC / FNC / exposure and
-    computes stake-weighted payouts. About 3-4 minutes on 2 cores at the default size.
+    The fund synthesizes Numerai-shaped data; four participants make signing keys, train models
+    of three families (linear, decision tree, XGBoost, ridge), compile them and send their
+    public specs; for each of three live eras the fund encrypts the rows under fresh keys per
+    model and signs the bundles; each participant runs its model on the ciphertexts and signs
+    its submission; the fund checks, decrypts once per model, scores CORR / MMC / BMC / FNC /
+    exposure and pays, which changes the stakes. Ends with the leaderboard and an HTML report.
+    About 4-5 minutes on 2 cores at the default size.
     """
     from dataclasses import replace
 
@@ -68,11 +70,13 @@ def demo(out_dir: Path, live_rows: int, workers: int | None) -> None:
     )
     sizes = pd.DataFrame(summary["sizes"]).T
     print_frame(sizes.rename_axis("model"), "Bundle sizes (bytes)", console, "{:,.0f}")
-    scores = pd.DataFrame(summary["scores"]).T
-    print_frame(
-        scores.rename_axis("model"), "Round 1 (live era, real FHE): scores and payouts", console
-    )
+    for played in summary["rounds"]:
+        scores = pd.DataFrame(played["scores"]).T[["corr", "mmc", "fnc", "stake", "payout"]]
+        title = f"{played['round']} (era {played['era']}, real FHE): scores and payouts"
+        print_frame(scores.rename_axis("model"), title, console)
+    board = pd.DataFrame(summary["leaderboard"]).T
+    print_frame(board.rename_axis("model"), "Leaderboard (by reputation)", console)
     console.print(
-        f"finished in {time.perf_counter() - started:.0f}s; everything is in {out_dir}/ "
-        f"(summary: {out_dir}/demo_summary.json)"
+        f"finished in {time.perf_counter() - started:.0f}s; everything is in {out_dir}/: the "
+        f"report is {summary['report']} (summary: {out_dir}/demo_summary.json)"
     )

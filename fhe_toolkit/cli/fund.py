@@ -1,72 +1,134 @@
-"""``fhe-toolkit fund ...``: register models, open rounds, take submissions, score and pay."""
+"""``fhe-toolkit fund ...``: participants, models, stakes, rounds, submissions, scores, payouts."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
 from pathlib import Path
+from typing import Any
 
 import click
 import pandas as pd
 
-from fhe_toolkit.cli import console, friendly_errors, progress_bar
+from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
 from fhe_toolkit.data import load_tournament
 from fhe_toolkit.fund import Fund, fund_benchmark
+from fhe_toolkit.identity import public_key_path
+from fhe_toolkit.leaderboard import SORT_KEYS
 from fhe_toolkit.tables import print_frame
 
 fund_dir_option = click.option(
     "--fund-dir", default="fund", show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="The fund's records: registry, rounds, bundles, submissions, results.",
+    help="The fund's directory: rounds, bundles, submissions, results (and fund.db).",
 )  # fmt: skip
 keys_option = click.option(
     "--keys", "key_dir", default="keys", show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="The key store: secret keys per (model, round), files 0600.",
 )  # fmt: skip
+database_option = click.option(
+    "--database",
+    metavar="URL",
+    help="SQLAlchemy URL of the fund's records, e.g. postgresql+psycopg://user@host/fund "
+    "(default: SQLite, FUND_DIR/fund.db).",
+)
+
+
+def with_fund(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --fund-dir, --keys and --database; pass the command a ``fund``."""
+
+    @fund_dir_option
+    @keys_option
+    @database_option
+    @friendly_errors
+    @wraps(command)
+    def wrapper(fund_dir: Path, key_dir: Path, database: str | None, **kwargs: Any) -> Any:
+        return command(fund=Fund(fund_dir, key_dir, database=database), **kwargs)
+
+    return wrapper
 
 
 @click.group()
 def fund() -> None:
-    """Fund: register models, open encrypted rounds, take submissions, score and pay.
+    """Fund: participants, models and stakes; encrypted rounds; scores, payouts, leaderboard.
 
     \b
-    1. fhe-toolkit fund register SPEC.json --stake 100        (per participant model)
-    2. fhe-toolkit fund open-round R1 --live live.parquet      (bundles to hand out)
-    3. fhe-toolkit fund receive R1 SUBMISSION_DIR              (per submission)
-    4. fhe-toolkit fund score R1 --live live.parquet --targets live_targets.parquet
+    1. fhe-toolkit fund add-participant alice --public-key alice.pem.pub
+    2. fhe-toolkit fund register SPEC.json --participant alice --stake 100
+    3. fhe-toolkit fund open-round R1 --live live.parquet    (signed bundles to hand out)
+    4. fhe-toolkit fund receive R1 SUBMISSION_DIR            (per submission)
+    5. fhe-toolkit fund score R1 --live live.parquet --targets live_targets.parquet
+    6. fhe-toolkit fund leaderboard; fhe-toolkit fund report --out report.html
     """
+
+
+@fund.command("public-key")
+@with_fund
+def public_key(fund: Fund) -> None:
+    """Print the fund's public signing key (made on first use); participants check bundles
+    with it."""
+    key = fund.public_key()
+    console.print(key.hex())
+    console.print(f"(also in {public_key_path(fund.identity_path)})", style="dim")
+
+
+@fund.command("add-participant")
+@click.argument("name")
+@click.option(
+    "--public-key",
+    "key",
+    required=True,
+    help="The participant's Ed25519 public key: a .pub file or 64 hex characters.",
+)
+@with_fund
+def add_participant(fund: Fund, name: str, key: str) -> None:
+    """Record participant NAME and the public key its submissions are signed with."""
+    fund.add_participant(name, key)
+    console.print(f"participant [bold]{name}[/bold] recorded")
 
 
 @fund.command("register")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.option("--participant", required=True, help="The participant who owns the model.")
 @click.option(
     "--stake", type=float, required=True, help="The model's stake (payouts scale with it)."
 )
-@fund_dir_option
-@friendly_errors
-def register(spec_path: Path, stake: float, fund_dir: Path) -> None:
+@with_fund
+def register(fund: Fund, spec_path: Path, participant: str, stake: float) -> None:
     """Validate a participant's model_spec.json and register the model with a stake.
 
     The spec is plain JSON (crypto specs, quantizer numbers, feature list); nothing in it is
-    executed or unpickled. A spec that does not validate is refused with the reason.
+    executed or unpickled. A spec that does not validate is refused with the reason. A new
+    spec under a registered name becomes that model's next version.
     """
-    spec = Fund(fund_dir).register(spec_path, stake)
+    spec = fund.register(spec_path, participant=participant, stake=stake)
     console.print(
-        f"registered [bold]{spec.name}[/bold]: {spec.family}, {len(spec.features)} features, "
-        f"target {spec.target}, stake {stake:g}"
+        f"registered [bold]{spec.name}[/bold] for {participant}: {spec.family}, "
+        f"{len(spec.features)} features, target {spec.target}, stake {stake:g}"
     )
 
 
+@fund.command("stake")
+@click.argument("model")
+@click.argument("amount", type=float)
+@with_fund
+def stake(fund: Fund, model: str, amount: float) -> None:
+    """Set MODEL's stake to AMOUNT; rounds opened from now on pay on it."""
+    fund.set_stake(model, amount)
+    console.print(f"{model}: stake {amount:g} from the next round on")
+
+
 @fund.command("models")
-@fund_dir_option
-@friendly_errors
-def models(fund_dir: Path) -> None:
-    """List registered models and their stakes."""
-    registry = Fund(fund_dir).registry()
-    if not registry:
+@with_fund
+def models(fund: Fund) -> None:
+    """List registered models: owner, family, target, stake, version."""
+    frame = fund.models()
+    if frame.empty:
         console.print("no model registered yet")
         return
-    frame = pd.DataFrame(registry).T[["family", "target", "stake", "registered_at"]]
-    print_frame(frame.rename_axis("model"), "Registered models", console)
+    print_frame(frame, "Registered models", console, "{:,.2f}")
 
 
 @fund.command("open-round")
@@ -81,13 +143,21 @@ def models(fund_dir: Path) -> None:
 @click.option(
     "--model", "models", multiple=True, help="Only these models (default: all registered)."
 )
-@fund_dir_option
-@keys_option
-@friendly_errors
+@click.option(
+    "--deadline",
+    type=click.DateTime(["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    help="No submission is taken after this time (UTC, e.g. 2026-12-01T18:00).",
+)
+@with_fund
 def open_round(
-    round_id: str, live_path: Path, models: tuple[str, ...], fund_dir: Path, key_dir: Path
+    fund: Fund,
+    round_id: str,
+    live_path: Path,
+    models: tuple[str, ...],
+    deadline: datetime | None,
 ) -> None:
-    """Open ROUND_ID: fresh keys per model, every live row encrypted, one bundle per model."""
+    """Open ROUND_ID: fresh keys per model, every live row encrypted, one signed bundle per
+    model."""
     live = load_tournament(live_path)
     with progress_bar("rows") as progress:
         tasks: dict[str, object] = {}
@@ -97,12 +167,16 @@ def open_round(
                 tasks[model] = progress.add_task(f"encrypting for {model}", total=total)
             progress.update(tasks[model], completed=done)  # type: ignore[arg-type]
 
-        bundles = Fund(fund_dir, key_dir).open_round(
-            round_id, live, models=models or None, on_progress=report
-        )
+        bundles = fund.open_round(
+            round_id, live, models=models or None, on_progress=report,
+            deadline=deadline.replace(tzinfo=UTC) if deadline else None,
+        )  # fmt: skip
     for model, path in bundles.items():
         console.print(f"  {model:<20} {path}")
-    console.print("hand each model's bundle directory to its participant")
+    console.print(
+        "hand each model's bundle directory to its participant, with the fund's public key "
+        f"({public_key_path(fund.identity_path)})"
+    )
 
 
 @fund.command("receive")
@@ -111,41 +185,53 @@ def open_round(
 @click.option(
     "--workers", type=int, help="Worker processes for decryption (default: one per core)."
 )
-@fund_dir_option
-@keys_option
-@friendly_errors
-def receive(
-    round_id: str, submission_dir: Path, workers: int | None, fund_dir: Path, key_dir: Path
-) -> None:
+@with_fund
+def receive(fund: Fund, round_id: str, submission_dir: Path, workers: int | None) -> None:
     """Check a submission, decrypt it once (then retire its keys) and keep the predictions.
 
     Refused before decryption: a tampered or truncated file, another round, model or bundle, a
-    model already received, missing or repeated batches. The submission is kept as sent.
+    signature that is not the model owner's, a model already received, a closed round or one
+    past its deadline. The submission is kept as sent.
     """
     with progress_bar("rows") as progress:
         task = progress.add_task("decrypting", total=None)
-        predictions = Fund(fund_dir, key_dir).receive(
+        predictions = fund.receive(
             round_id, submission_dir, workers=workers,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )  # fmt: skip
     console.print(f"received {len(predictions):,} predictions of {predictions.name} for {round_id}")
 
 
-@fund.command("status")
+@fund.command("close-round")
 @click.argument("round_id")
-@fund_dir_option
-@friendly_errors
-def status(round_id: str, fund_dir: Path) -> None:
-    """Show each model's state in a round."""
-    info = Fund(fund_dir).round_info(round_id)
-    frame = pd.DataFrame(
-        {
-            m: {"status": e["status"], "key set": e["key_set_id"][:12]}
-            for m, e in info["models"].items()
-        }
-    ).T
+@with_fund
+def close_round(fund: Fund, round_id: str) -> None:
+    """Stop taking submissions for ROUND_ID; score it once its targets are known."""
+    fund.close_round(round_id)
+    console.print(f"round {round_id} closed")
+
+
+@fund.command("status")
+@click.argument("round_id", required=False)
+@with_fund
+def status(fund: Fund, round_id: str | None) -> None:
+    """Show every round, or each model's state in ROUND_ID."""
+    if round_id is None:
+        rounds = fund.db.rounds()
+        if rounds.empty:
+            console.print("no round opened yet")
+        else:
+            print_frame(rounds.astype(str), "Rounds", console)
+        return
+    info = fund.round_info(round_id)
+    frame = {
+        m: {"status": e["status"], "stake": f"{e['stake']:g}", "key set": e["key_set_id"][:12]}
+        for m, e in info["models"].items()
+    }
     print_frame(
-        frame.rename_axis("model"), f"Round {round_id} ({info['n_rows']:,} live rows)", console
+        pd.DataFrame(frame).T.rename_axis("model"),
+        f"Round {round_id}: {info['status']}, {info['n_rows']:,} live rows",
+        console,
     )
 
 
@@ -168,19 +254,53 @@ def status(round_id: str, fund_dir: Path) -> None:
 @click.option("--benchmark-train", type=click.Path(path_type=Path),
               help="Training parquet for the fund's benchmark model (ridge on all features), "
                    "for BMC. Without it, BMC is not scored.")  # fmt: skip
-@fund_dir_option
-@friendly_errors
+@with_fund
 def score(
-    round_id: str, live_path: Path, targets_path: Path, benchmark_train: Path | None, fund_dir: Path
+    fund: Fund, round_id: str, live_path: Path, targets_path: Path, benchmark_train: Path | None
 ) -> None:
-    """Score the round's received models: CORR, MMC, BMC, FNC, exposure; then payouts.
+    """Resolve ROUND_ID: CORR, MMC, BMC, FNC, exposure per model; payouts change stakes.
 
-    Writes rounds/ROUND_ID/results/per_era.csv and scores.csv (rounded aggregates only).
+    All of it is recorded in one transaction (run it again if it was cut off). Writes
+    rounds/ROUND_ID/results/per_era.csv and scores.csv (rounded aggregates only).
     """
     live = load_tournament(live_path)
     benchmark = fund_benchmark(load_tournament(benchmark_train), live) if benchmark_train else None
-    results = Fund(fund_dir).score(round_id, targets_path, live=live, benchmark=benchmark)
+    results = fund.score(round_id, targets_path, live=live, benchmark=benchmark)
     print_frame(
         results.scores.rename_axis("model"), f"Round {round_id}: scores and payouts", console
     )
     console.print(f"results in {results.directory}")
+
+
+@fund.command("leaderboard")
+@click.option(
+    "--sort",
+    "sort_by",
+    type=click.Choice(sorted(SORT_KEYS)),
+    default="reputation",
+    show_default=True,
+)
+@with_fund
+def leaderboard(fund: Fund, sort_by: str) -> None:
+    """The tournament's models over every resolved round, best first."""
+    board = fund.leaderboard(sort_by)
+    if board.empty:
+        raise ToolkitClickError("no model is registered yet.")
+    print_frame(board, f"Leaderboard (by {sort_by})", console)
+
+
+@fund.command("report")
+@click.option(
+    "--out",
+    "out_path",
+    default="report.html",
+    show_default=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+)
+@with_fund
+def report(fund: Fund, out_path: Path) -> None:
+    """Write the tournament report: one self-contained HTML file that renders offline."""
+    from fhe_toolkit.report import write_report
+
+    write_report(fund.db, out_path)
+    console.print(f"report written to {out_path}")

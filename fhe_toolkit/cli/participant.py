@@ -31,8 +31,9 @@ def participant() -> None:
     \b
     1. fhe-toolkit participant train --train train.parquet --family linear --name me --out me/
     2. send me/model_spec.json to the fund; keep me/deployment/ (your weights) to yourself
-    3. fhe-toolkit participant run BUNDLE_DIR --model me/ --out submission/
-    4. send submission/ to the fund
+    3. fhe-toolkit identity new me.pem; give me.pem.pub to the fund
+    4. fhe-toolkit participant run BUNDLE_DIR --model me/ --identity me.pem --out submission/
+    5. send submission/ to the fund
     """
 
 
@@ -176,18 +177,37 @@ def train(
     type=click.Path(file_okay=False, path_type=Path),
     help="Submission directory (also holds the checkpoint of an interrupted run).",
 )
+@click.option(
+    "--identity",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Your private signing key (see `fhe-toolkit identity new`); signs the submission.",
+)
+@click.option(
+    "--fund-key",
+    help="The fund's public key (.pub file or hex): refuse a bundle the fund did not sign.",
+)
 @click.option("--workers", type=int, help="Worker processes (default: one per core).")
 @friendly_errors
-def run(bundle_dir: Path, model_dir: Path, out_dir: Path, workers: int | None) -> None:
-    """Run your model on every encrypted row of BUNDLE_DIR and write the submission.
+def run(
+    bundle_dir: Path,
+    model_dir: Path,
+    out_dir: Path,
+    identity: Path,
+    fund_key: str | None,
+    workers: int | None,
+) -> None:
+    """Run your model on every encrypted row of BUNDLE_DIR and write the signed submission.
 
     Rows run in worker processes on all cores; a crash of the FHE runtime costs one worker and
     is reported with the row. Interrupted? Run the same command again: finished rows are kept.
     """
+    if fund_key is None:
+        console.print("note: without --fund-key, the bundle's signature is not checked")
     with progress_bar("rows") as progress:
         task = progress.add_task("FHE inference", total=None)
         submission = run_bundle(
-            bundle_dir, model_dir, out_dir, workers=workers,
+            bundle_dir, model_dir, out_dir, identity=identity, fund_key=fund_key, workers=workers,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )  # fmt: skip
     console.print(f"submission written to {submission}; send this directory to the fund")

@@ -5,7 +5,7 @@ numerai-tools (``numerai_tools.scoring``) where the concept is the same.
 """
 
 from fhe_toolkit.scoring._checks import DEFAULT_MAX_FILTERED_INDEX_RATIO
-from fhe_toolkit.scoring.meta_model import payout, stake_weighted_meta_model
+from fhe_toolkit.scoring.meta_model import payout, payout_score, stake_weighted_meta_model
 from fhe_toolkit.scoring.metrics import (
     benchmark_contribution,
     correlation_contribution,
@@ -49,6 +49,7 @@ __all__ = [
     "numerai_corr",
     "orthogonalize",
     "payout",
+    "payout_score",
     "power",
     "score_eras",
     "stake_weighted_meta_model",

@@ -99,5 +99,17 @@ def payout(
                 f"staked model, or drop its stake."
             )
     corr, mmc = (series.reindex(stakes.index) for series in scores.values())
-    score = corr_weight * corr.fillna(0.0) + mmc_weight * mmc.fillna(0.0)
+    score = payout_score(corr, mmc, corr_weight=corr_weight, mmc_weight=mmc_weight)
     return (stakes * np.clip(payout_factor * score, -clip, clip)).rename("payout")
+
+
+def payout_score(
+    corr: pd.Series,
+    mmc: pd.Series,
+    *,
+    corr_weight: float = DEFAULT_CORR_WEIGHT,
+    mmc_weight: float = DEFAULT_MMC_WEIGHT,
+) -> pd.Series:
+    """``corr_weight·CORR + mmc_weight·MMC`` per model, a NaN score counting as 0: what payouts
+    (and the tournament's reputation) rest on."""
+    return (corr_weight * corr.fillna(0.0) + mmc_weight * mmc.fillna(0.0)).rename("score")

@@ -1,0 +1,125 @@
+"""Ed25519 identities: the fund signs its bundles, each participant signs its submissions.
+
+A signature covers a directory's ``manifest.json`` byte for byte, and the manifest holds the
+SHA-256 of every file and what the directory answers (round, model, key set, bundle): so a
+signed manifest vouches for the whole directory. It is kept beside it as ``manifest.sig``.
+
+Key files: the private key as unencrypted PKCS#8 PEM (mode 0600), the public key as 64 hex
+characters (the raw 32-byte Ed25519 key), which is what a participant gives the fund.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from fhe_toolkit.errors import FheToolkitError
+from fhe_toolkit.manifest import MANIFEST, write_atomic
+
+SIGNATURE = "manifest.sig"
+PUBLIC_SUFFIX = ".pub"
+
+
+class IdentityError(FheToolkitError, ValueError):
+    """A key file that cannot be used, or a signature that does not verify."""
+
+
+def create_identity(path: str | Path) -> bytes:
+    """Write a new private key to ``path`` (0600) and its public key to ``path.pub``; return
+    the public key. Refuses to overwrite an existing key."""
+    path = Path(path)
+    if path.exists():
+        raise IdentityError(f"{path} exists already; an identity is never overwritten.")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, pem, mode=0o600)
+    public = public_bytes(key)
+    write_atomic(public_key_path(path), (public.hex() + "\n").encode())
+    return public
+
+
+def public_key_path(private_key: str | Path) -> Path:
+    path = Path(private_key)
+    return path.with_name(path.name + PUBLIC_SUFFIX)
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    path = Path(path)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise IdentityError(
+            f"{path} does not exist; create an identity with `fhe-toolkit identity new {path}`."
+        ) from None
+    except (ValueError, TypeError) as exc:
+        raise IdentityError(f"{path} is not an unencrypted PEM private key ({exc}).") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise IdentityError(f"{path} holds a {type(key).__name__}, not an Ed25519 key.")
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        raise IdentityError(f"{path} is readable by others; make it private: chmod 600 {path}")
+    return key
+
+
+def load_public_key(path_or_hex: str | Path) -> bytes:
+    """A public key from a ``.pub`` file or its 64 hex characters."""
+    text = str(path_or_hex)
+    if not _is_hex_key(text):
+        path = Path(path_or_hex)
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            raise IdentityError(f"{path} does not exist (expected a public key file).") from None
+        except UnicodeDecodeError:
+            raise IdentityError(f"{path} is not a public key file (64 hex characters).") from None
+        if not _is_hex_key(text):
+            raise IdentityError(f"{path} does not hold a public key (64 hex characters).")
+    return bytes.fromhex(text)
+
+
+def public_bytes(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def sign_directory(directory: str | Path, key: Ed25519PrivateKey) -> None:
+    """Sign ``directory/manifest.json``; the signature goes to ``directory/manifest.sig``."""
+    directory = Path(directory)
+    write_atomic(directory / SIGNATURE, key.sign((directory / MANIFEST).read_bytes()))
+
+
+def verify_directory(directory: str | Path, public_key: bytes, signer: str) -> None:
+    """Check that ``signer`` (holder of ``public_key``) signed ``directory``'s manifest."""
+    directory = Path(directory)
+    signature_path = directory / SIGNATURE
+    if not signature_path.is_file():
+        raise IdentityError(f"{directory} is not signed (no {SIGNATURE}); {signer} must sign it.")
+    signature = signature_path.read_bytes()
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            signature, (directory / MANIFEST).read_bytes()
+        )
+    except InvalidSignature:
+        raise IdentityError(
+            f"{directory}'s signature is not {signer}'s: it was signed by someone else, or the "
+            "manifest changed after signing."
+        ) from None
+
+
+def signed_by(directory: str | Path, public_key: bytes) -> bool:
+    """Whether the holder of ``public_key`` signed ``directory``'s manifest."""
+    try:
+        verify_directory(directory, public_key, "")
+    except IdentityError:
+        return False
+    return True
+
+
+def _is_hex_key(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text)
