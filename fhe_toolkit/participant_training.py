@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,9 @@ class TrainingJob:
     parameter_range: tuple[float, float] = (-1.0, 1.0)
     seed: int = 0
     fit_intercept: bool = True
-    settings: dict[str, Any] = field(default_factory=dict)
+    p_error: float = 0.01
+    """Each bootstrap's error probability (Concrete ML's default for training). Lower costs
+    more per step; errors accumulate over steps (see the README's figures)."""
 
     def estimator(self) -> Any:
         """Concrete ML's ``SGDClassifier`` configured for this job (also the single-process
@@ -88,6 +90,7 @@ class TrainingJob:
             fit_intercept=self.fit_intercept,
         )
         model.batch_size = self.batch_size
+        model.training_p_error = self.p_error
         return model
 
 
@@ -101,6 +104,8 @@ def compile_training_job(job: TrainingJob, out_dir: str | Path, name: str) -> Tr
 
     if (job.iterations is None) == (job.epochs is None):
         raise ParticipantError("give either iterations or epochs for the training job.")
+    if not 0 < job.p_error < 1:
+        raise ParticipantError(f"p_error is a probability in (0, 1), not {job.p_error}.")
     out = Path(out_dir)
     deployment = out / DEPLOYMENT_DIR
     if deployment.exists() and any(deployment.iterdir()):

@@ -70,6 +70,12 @@ from fhe_toolkit.tables import print_frame
     help="Where the weights start (uniformly) and stay: the circuit is sized for it.",
 )
 @click.option("--seed", default=0, show_default=True, help="Fixes the start and the batches.")
+@click.option(
+    "--p-error",
+    default=0.01,
+    show_default=True,
+    help="Error probability of each bootstrap in the SGD step; lower is exacter and slower.",
+)
 @friendly_errors
 def training_job(
     name: str,
@@ -83,6 +89,7 @@ def training_job(
     batch_size: int,
     parameter_range: tuple[float, float],
     seed: int,
+    p_error: float,
 ) -> None:
     """Declare an encrypted training job and compile its SGD step.
 
@@ -96,7 +103,7 @@ def training_job(
     job = TrainingJob(
         features=features, target=target, label_threshold=label_threshold,
         iterations=iterations if epochs is None else None, epochs=epochs,
-        batch_size=batch_size, parameter_range=parameter_range, seed=seed,
+        batch_size=batch_size, parameter_range=parameter_range, seed=seed, p_error=p_error,
     )  # fmt: skip
     with console.status(f"compiling the SGD step ({batch_size} rows × {len(features)} features)"):
         spec = compile_training_job(job, out_dir, name)
