@@ -7,7 +7,8 @@ weights are compared with Concrete ML's single-process training on the same rows
 its exact quantized arithmetic (``fhe="disable"``) and in simulation (``fhe="simulate"``, which
 draws bootstrap errors at the circuit's error probability), in steps of the weights' quantizer.
 
-    python benchmarks/bench_training.py [--grid 3x2 3x8 10x8] [--steps 3] [--out training.json]
+    python benchmarks/bench_training.py [--grid 3x2 3x8 10x8] [--steps 3] [--p-error 1e-5]
+        [--out training.json]
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from fhe_toolkit.participant_training import (
 )
 
 
-def measure(n_features: int, batch: int, steps: int, train, features, work: Path) -> dict:
+def measure(
+    n_features: int, batch: int, steps: int, p_error: float, train, features, work: Path
+) -> dict:
     chosen = features[:n_features]
-    job = TrainingJob(features=chosen, iterations=steps, batch_size=batch)
+    job = TrainingJob(features=chosen, iterations=steps, batch_size=batch, p_error=p_error)
     name = f"sgd-{n_features}x{batch}"
     start = time.perf_counter()
     spec = compile_training_job(job, work / name, name)
@@ -77,6 +80,7 @@ def measure(n_features: int, batch: int, steps: int, train, features, work: Path
         "features": n_features,
         "batch_size": batch,
         "steps": steps,
+        "p_error": p_error,
         "compile_s": round(compile_s, 1),
         "keygen_s": round(keygen_s, 1),
         "encrypt_s_per_step": round(encrypt_s, 3),
@@ -96,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", nargs="+", default=["3x2", "3x8", "10x8"])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--p-error", type=float, default=TrainingJob.p_error)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     train, _, features = numerai_like(rows_per_era=500, train_eras=10)
@@ -103,7 +108,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for cell in args.grid:
             n_features, batch = (int(v) for v in cell.split("x"))
-            results.append(measure(n_features, batch, args.steps, train, features, Path(tmp)))
+            results.append(
+                measure(n_features, batch, args.steps, args.p_error, train, features, Path(tmp))
+            )
             print(json.dumps(results[-1]), flush=True)
     print(f"machine: {machine()}")
     if args.out:

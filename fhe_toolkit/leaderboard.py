@@ -18,6 +18,11 @@ COLUMNS = [
     "last_payout", "mean_corr", "mean_mmc", "total_payout", "reputation",
 ]  # fmt: skip
 
+SUMMARY_COLUMNS = [
+    "participant", "stake", "rounds", "mean_corr", "mean_mmc", "last_payout", "reputation",
+]  # fmt: skip
+"""The columns that fit a terminal."""
+
 
 class LeaderboardError(FheToolkitError, ValueError):
     """A leaderboard asked for in a way it cannot be given."""

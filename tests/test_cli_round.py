@@ -4,26 +4,14 @@ features, a linear model), and the demo at a small size."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.cli_runner import cli, ok
+
 pytestmark = pytest.mark.fhe
-
-
-def cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fhe_toolkit.cli", *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 def test_round_through_the_cli(tmp_path):
@@ -85,4 +73,4 @@ def test_demo_at_a_small_size(tmp_path):
     assert all(set(r["scores"]) == {"alice", "bob", "carol", "dave"} for r in summary["rounds"])
     assert summary["live_rows_per_round"] == 24
     assert set(summary["leaderboard"]) == {"alice", "bob", "carol", "dave"}
-    assert Path(summary["report"]).is_file()
+    assert (tmp_path / summary["report"]).is_file()

@@ -40,7 +40,11 @@ pytestmark = pytest.mark.fhe
 CONFIG = SynthConfig(
     train_eras=20, validation_eras=2, live_eras=1, rows_per_era=70, n_features=12, n_groups=3
 )
-MODELS = {"lin": ("linear", {}), "tree": ("decision_tree", {"max_depth": 2})}
+MODELS = {
+    "lin": ("linear", {}, "target"),
+    "tree": ("decision_tree", {"max_depth": 2}, "target"),
+    "resid": ("linear", {}, "target_resid"),  # another target: scored against its own meta model
+}
 ID = {name: (lambda world, name=name: world["identities"][name]) for name in MODELS}
 
 
@@ -53,8 +57,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     features = load_features_json(paths["features"]).features("small")
     fund = Fund(root / "fund", root / "keys")
     models, identities = {}, {}
-    for name, (family, params) in MODELS.items():
-        model = train_model(train, family=family, features=features, params=params)
+    for name, (family, params, target) in MODELS.items():
+        model = train_model(train, family=family, features=features, params=params, target=target)
         compile_model(model, train)
         export_model(model, root / name, name)
         identities[name] = enroll(fund, root, f"owner-of-{name}")
@@ -186,7 +190,7 @@ def test_keys_are_private_retired_and_never_in_bundles(world, received):
         world["fund"].receive("r1", world["submissions"]["lin"])
 
     bundle_files = {f.name for f in world["bundles"].rglob("*") if f.is_file()}
-    assert bundle_files == {CIPHERTEXTS, EVALUATION_KEYS, "model_spec.json", MANIFEST}
+    assert bundle_files == {CIPHERTEXTS, EVALUATION_KEYS, "model_spec.json", MANIFEST, SIGNATURE}
 
 
 def test_round_scores_and_payouts(world, received):
@@ -196,6 +200,12 @@ def test_round_scores_and_payouts(world, received):
     )  # fmt: skip
     assert set(results.scores.index) == set(MODELS)
     assert {"corr", "mmc", "bmc", "fnc", "max_exposure", "stake", "payout"} <= set(results.scores)
+    targets = results.per_era.groupby("model")["target"].unique().map(list).to_dict()
+    assert targets == {name: [target] for name, (_, _, target) in MODELS.items()}
+    # One meta model per target: alone on its target, "resid" is its own meta model (MMC 0).
+    assert abs(results.scores.loc["resid", "mmc"]) < 1e-9
+    pairs = world["fund"].db.correlations()
+    assert {"meta_model:target", "meta_model:target_resid"} <= set(pairs["first"])
     assert (results.scores["payout"].abs() <= 10.0 * 0.05 + 1e-12).all()
     published = pd.read_csv(results.directory / "scores.csv", index_col=0)
     assert (published["corr"] == published["corr"].round(4)).all()

@@ -11,6 +11,7 @@ from rich.progress import TaskID
 
 from fhe_toolkit.cli import console, friendly_errors, progress_bar
 from fhe_toolkit.demo import DEMO_DATA, PARTICIPANTS, run_demo, steps_table
+from fhe_toolkit.leaderboard import SUMMARY_COLUMNS
 from fhe_toolkit.tables import print_frame
 
 
@@ -74,7 +75,7 @@ def demo(out_dir: Path, live_rows: int, workers: int | None) -> None:
         scores = pd.DataFrame(played["scores"]).T[["corr", "mmc", "fnc", "stake", "payout"]]
         title = f"{played['round']} (era {played['era']}, real FHE): scores and payouts"
         print_frame(scores.rename_axis("model"), title, console)
-    board = pd.DataFrame(summary["leaderboard"]).T
+    board = pd.DataFrame(summary["leaderboard"]).T[SUMMARY_COLUMNS]
     print_frame(board.rename_axis("model"), "Leaderboard (by reputation)", console)
     console.print(
         f"finished in {time.perf_counter() - started:.0f}s; everything is in {out_dir}/: the "

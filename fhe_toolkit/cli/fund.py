@@ -15,7 +15,7 @@ from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progres
 from fhe_toolkit.data import load_tournament
 from fhe_toolkit.fund import Fund, fund_benchmark
 from fhe_toolkit.identity import public_key_path
-from fhe_toolkit.leaderboard import SORT_KEYS
+from fhe_toolkit.leaderboard import SORT_KEYS, SUMMARY_COLUMNS
 from fhe_toolkit.tables import print_frame
 
 fund_dir_option = click.option(
@@ -282,11 +282,15 @@ def score(
 )
 @with_fund
 def leaderboard(fund: Fund, sort_by: str) -> None:
-    """The tournament's models over every resolved round, best first."""
+    """The tournament's models over every resolved round, best first.
+
+    Shows the owner, stake, rounds scored, mean CORR and MMC, the latest payout and the
+    reputation; the Python API's `Fund.leaderboard()` has every column.
+    """
     board = fund.leaderboard(sort_by)
     if board.empty:
         raise ToolkitClickError("no model is registered yet.")
-    print_frame(board, f"Leaderboard (by {sort_by})", console)
+    print_frame(board[SUMMARY_COLUMNS], f"Leaderboard (by {sort_by})", console)
 
 
 @fund.command("report")

@@ -72,7 +72,7 @@ from fhe_toolkit.tables import print_frame
 @click.option("--seed", default=0, show_default=True, help="Fixes the start and the batches.")
 @click.option(
     "--p-error",
-    default=0.01,
+    default=1e-5,
     show_default=True,
     help="Error probability of each bootstrap in the SGD step; lower is exacter and slower.",
 )
