@@ -124,7 +124,16 @@ def _styled(figure: go.Figure, title: str, x: str, y: str) -> go.Figure:
 
 def _page(board: pd.DataFrame, rounds: pd.DataFrame, charts: dict[str, go.Figure]) -> str:
     divs = "\n".join(
-        f'<section class="chart">{pio.to_html(figure, full_html=False, include_plotlyjs=False, div_id=name)}</section>'  # noqa: E501
+        '<section class="chart">'
+        + pio.to_html(
+            figure,
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=name,
+            default_width="100%",
+            config={"displayModeBar": False, "responsive": True},
+        )
+        + "</section>"
         for name, figure in charts.items()
     )
     table = board.round(4).to_html(classes="board", na_rep="—", border=0)
@@ -136,7 +145,9 @@ def _page(board: pd.DataFrame, rounds: pd.DataFrame, charts: dict[str, go.Figure
  body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
  h1 {{ font-size: 22px; }} .board {{ border-collapse: collapse; font-size: 13px; }}
  .board th, .board td {{ padding: 4px 10px; text-align: right; border-bottom: 1px solid #ddd; }}
- .charts {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 8px; }}
+ /* Explicit columns: each chart is drawn as the page is read, at its cell's width then. */
+ .charts {{ display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 8px; }}
+ @media (max-width: 1100px) {{ .charts {{ grid-template-columns: minmax(0, 1fr); }} }}
 </style>
 <script>{get_plotlyjs()}</script>
 </head><body>
