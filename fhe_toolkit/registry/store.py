@@ -17,7 +17,7 @@ import pandas as pd
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from fhe_toolkit.errors import FundError
@@ -71,7 +71,6 @@ class Registry:
     """Participants, models, stakes, rounds, submissions, scores and payouts."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
         self.engine = connect(url)
         try:
             upgrade(self.engine)
@@ -141,8 +140,9 @@ class Registry:
                     "model keeps its target (register a new name)."
                 )
             latest = self._latest_version(s, model.id)
+            version = 0 if latest is None else latest.version
             if latest is None or latest.spec_sha256 != spec_sha256:
-                version = 1 if latest is None else latest.version + 1
+                version += 1
                 s.add(
                     ModelVersion(
                         model_id=model.id,
@@ -154,9 +154,7 @@ class Registry:
                     )
                 )
             self._set_stake(s, model, stake, "set", None)
-            return (
-                version if latest is None or latest.spec_sha256 != spec_sha256 else latest.version
-            )
+            return version
 
     def set_stake(self, model: str, stake: float) -> None:
         """Raise or lower a model's stake; rounds already open keep the stake they opened with."""
@@ -283,10 +281,7 @@ class Registry:
             if earlier is not None:
                 if earlier.manifest_sha256 == manifest_sha256 and bundle.status == ACCEPTED:
                     return
-                raise RegistryError(
-                    f"a submission for model {model!r} in round {round_name!r} was received "
-                    "already; each model submits once per round."
-                )
+                raise _received_already(model, round_name)
             if record.status != "open":
                 raise RegistryError(
                     f"round {round_name!r} is {record.status}: it takes no more submissions."
@@ -304,6 +299,10 @@ class Registry:
                 )
             )
             bundle.status = ACCEPTED
+            try:
+                s.flush()
+            except IntegrityError:  # the same submission, received at the same moment
+                raise _received_already(model, round_name) from None
 
     def set_status(self, round_name: str, model: str, status: str) -> None:
         with self.session() as s:
@@ -535,6 +534,13 @@ class Registry:
         )
         value = s.scalar(select(func.avg(recent.c.score)))
         return None if value is None else float(value)
+
+
+def _received_already(model: str, round_name: str) -> RegistryError:
+    return RegistryError(
+        f"a submission for model {model!r} in round {round_name!r} was received already; each "
+        "model submits once per round."
+    )
 
 
 def _number(value: Any) -> float | None:
