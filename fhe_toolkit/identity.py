@@ -79,6 +79,11 @@ def load_public_key(path_or_hex: str | Path) -> bytes:
             raise IdentityError(f"{path} does not exist (expected a public key file).") from None
         except UnicodeDecodeError:
             raise IdentityError(f"{path} is not a public key file (64 hex characters).") from None
+        if "PRIVATE KEY" in text:
+            raise IdentityError(
+                f"{path} is a private key: give the public key, {public_key_path(path)}, and keep "
+                f"{path} to yourself."
+            )
         if not _is_hex_key(text):
             raise IdentityError(f"{path} does not hold a public key (64 hex characters).")
     return bytes.fromhex(text)

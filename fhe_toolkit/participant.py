@@ -281,14 +281,14 @@ def run_bundle(
     Returns the submission directory (``out_dir``).
     """
     signing_key = load_private_key(identity)
+    spec, deployment = load_model_dir(model_dir)
+    bundle = open_bundle(bundle_dir)
     if fund_key is not None:
         key = fund_key if isinstance(fund_key, bytes) else load_public_key(fund_key)
         try:
             verify_directory(bundle_dir, key, "the fund")
         except IdentityError as exc:
             raise ParticipantError(f"not running this bundle: {exc}") from None
-    spec, deployment = load_model_dir(model_dir)
-    bundle = open_bundle(bundle_dir)
     if bundle.manifest.model != spec.name or bundle.manifest.spec_sha256 != spec.sha256():
         raise ParticipantError(
             f"{bundle_dir} was encrypted for model {bundle.manifest.model!r} (spec "

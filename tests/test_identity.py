@@ -1,0 +1,68 @@
+"""Ed25519 identities: key files, signatures over a directory's manifest, and the messages a
+user gets when something is off."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fhe_toolkit.identity import (
+    SIGNATURE,
+    IdentityError,
+    create_identity,
+    load_private_key,
+    load_public_key,
+    public_key_path,
+    sign_directory,
+    signed_by,
+    verify_directory,
+)
+from fhe_toolkit.manifest import MANIFEST
+
+
+@pytest.fixture
+def signed(tmp_path):
+    key_path = tmp_path / "alice.pem"
+    public = create_identity(key_path)
+    directory = tmp_path / "submission"
+    directory.mkdir()
+    (directory / MANIFEST).write_text('{"round_id": "r1"}')
+    sign_directory(directory, load_private_key(key_path))
+    return directory, key_path, public
+
+
+def test_keys_are_private_and_never_overwritten(signed):
+    _, key_path, public = signed
+    assert os.stat(key_path).st_mode & 0o777 == 0o600
+    assert load_public_key(public_key_path(key_path)) == public == load_public_key(public.hex())
+    with pytest.raises(IdentityError, match="never overwritten"):
+        create_identity(key_path)
+    os.chmod(key_path, 0o644)
+    with pytest.raises(IdentityError, match="chmod 600"):
+        load_private_key(key_path)
+
+
+def test_a_signature_covers_the_manifest_and_names_its_signer(signed, tmp_path):
+    directory, _, public = signed
+    verify_directory(directory, public, "alice")
+    other = create_identity(tmp_path / "bob.pem")
+    assert signed_by(directory, public) and not signed_by(directory, other)
+    with pytest.raises(IdentityError, match="not bob's"):
+        verify_directory(directory, other, "bob")
+    (directory / MANIFEST).write_text('{"round_id": "r2"}')  # a replay to another round
+    with pytest.raises(IdentityError, match="manifest changed after signing"):
+        verify_directory(directory, public, "alice")
+    (directory / SIGNATURE).unlink()
+    with pytest.raises(IdentityError, match="is not signed"):
+        verify_directory(directory, public, "alice")
+
+
+def test_key_files_mixed_up_get_a_clear_error(signed, tmp_path):
+    _, key_path, _ = signed
+    with pytest.raises(IdentityError, match="is a private key: give the public key"):
+        load_public_key(key_path)
+    with pytest.raises(IdentityError, match="not an unencrypted PEM private key"):
+        load_private_key(public_key_path(key_path))
+    with pytest.raises(IdentityError, match="identity new"):
+        load_private_key(tmp_path / "missing.pem")
