@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from fhe_toolkit.errors import FundError
 from fhe_toolkit.fund import check_versions
 from fhe_toolkit.jobs import DecryptJob
 from fhe_toolkit.keystore import SPECS, TRAINING_KEYS, KeyStore
-from fhe_toolkit.manifest import ROUND_PATTERN, write_atomic
+from fhe_toolkit.manifest import ROUND_PATTERN, utc_now, write_atomic
 from fhe_toolkit.modelspec import read_spec
 from fhe_toolkit.participant import package_versions
 from fhe_toolkit.pool import JobWorker, RowFailedError, WorkerCrashedError
@@ -116,7 +115,7 @@ class FundTraining:
         info = {
             "job_id": job_id,
             "name": spec.name,
-            "opened_at": _now(),
+            "opened_at": utc_now(),
             "status": "awaiting result",
             "key_set_id": key_set.key_set_id,
             "spec_sha256": spec.sha256(),
@@ -195,7 +194,7 @@ class FundTraining:
             intercept=intercept,
             iterations=info["iterations"],
             n_samples=info["n_samples"],
-            decrypted_at=_now(),
+            decrypted_at=utc_now(),
         )
         write_atomic(directory / WEIGHTS_FILE, weights.model_dump_json(indent=1).encode())
         self._set_status(job_id, "decrypted: weights ready to return")
@@ -224,7 +223,3 @@ def _training_rows(spec: TrainingSpec, frame: pd.DataFrame) -> tuple[np.ndarray,
             "training needs both classes; the participant should choose another threshold."
         )
     return rows[spec.features].to_numpy(np.float64), labels
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from fhe_toolkit.errors import FheToolkitError
-from fhe_toolkit.manifest import write_atomic
+from fhe_toolkit.manifest import utc_now, write_atomic
 from fhe_toolkit.modelspec import PublicSpec
 
 KEYSET = "keyset.bin"
@@ -83,7 +82,7 @@ class KeyStore:
             "round_id": round_id,
             "model": model,
             "spec_sha256": spec.sha256(),
-            "created_at": _now(),
+            "created_at": utc_now(),
         }
         write_atomic(folder / INFO, json.dumps(info, indent=1).encode(), mode=0o600)
         return KeySet(key_set_id, folder, client.evaluation_keys.serialize(), client)
@@ -91,7 +90,7 @@ class KeyStore:
     def mark_published(self, round_id: str, model: str) -> None:
         """Record that a bundle encrypted under this key set was published: from now on the
         keys are never replaced, only retired."""
-        record = json.dumps({"published_at": _now()}).encode()
+        record = json.dumps({"published_at": utc_now()}).encode()
         write_atomic(self.directory(round_id, model) / PUBLISHED, record, mode=0o600)
 
     def info(self, round_id: str, model: str) -> dict[str, str]:
@@ -118,10 +117,6 @@ class KeyStore:
 
     def retire(self, round_id: str, model: str, reason: str) -> None:
         folder = self.directory(round_id, model)
-        record = {"retired_at": _now(), "reason": reason}
+        record = {"retired_at": utc_now(), "reason": reason}
         write_atomic(folder / RETIRED, json.dumps(record, indent=1).encode(), mode=0o600)
         (folder / KEYSET).unlink(missing_ok=True)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -86,7 +86,7 @@ def write_manifest(directory: Path, files: list[str], **fields: object) -> str:
         {
             **fields,
             "files": entries,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "created_at": utc_now(),
         }
     )
     text = json.dumps(manifest.model_dump(mode="json"), indent=1, sort_keys=True)
@@ -134,6 +134,11 @@ def read_manifest(directory: str | Path, kind: str) -> tuple[Manifest, str]:
                 f"{file} does not match its SHA-256 in the manifest: it was changed or corrupted."
             )
     return manifest, hashlib.sha256(raw).hexdigest()
+
+
+def utc_now() -> str:
+    """The time in UTC, as the toolkit's records and manifests write it: 2026-11-27T09:16:09Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:

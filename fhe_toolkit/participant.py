@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -43,7 +42,7 @@ from fhe_toolkit.identity import (
     verify_directory,
 )
 from fhe_toolkit.jobs import ServerJob
-from fhe_toolkit.manifest import MANIFEST
+from fhe_toolkit.manifest import MANIFEST, utc_now
 from fhe_toolkit.modelspec import ModelSpec, QuantizerSpec, load_spec
 from fhe_toolkit.pool import RowsCrashedError, run_rows
 from fhe_toolkit.scoring import score_eras, summarize
@@ -209,7 +208,7 @@ def export_model(model: TrainedModel, out_dir: str | Path, name: str) -> ModelSp
                 "params": {k: _jsonable(v) for k, v in model.params.items()},
                 "features": model.features,
                 "target": model.target,
-                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "exported_at": utc_now(),
             },
             indent=1,
         )

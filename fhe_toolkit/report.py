@@ -20,11 +20,6 @@ from fhe_toolkit.leaderboard import leaderboard
 from fhe_toolkit.manifest import write_atomic
 from fhe_toolkit.registry import Registry
 
-CHART_IDS = (
-    "cumulative-corr", "cumulative-mmc", "per-era-mmc", "payouts", "stakes", "exposure",
-    "correlations",
-)  # fmt: skip
-
 
 class ReportError(FheToolkitError, ValueError):
     """Nothing to report yet."""

@@ -69,21 +69,32 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def trained(job) -> dict:
     """The whole job in real FHE: the fund opens it, the participant runs one step and is
-    interrupted, refusals are tried, the CLI resumes and finishes, the fund decrypts."""
+    interrupted, resumes for one more and is interrupted again, refusals are tried, the CLI
+    resumes and finishes, the fund decrypts."""
     root = job["root"]
     ok(cli("fund", "open-training", "t1", "job/training_spec.json",
            "--data", job["paths"]["train"], cwd=root))  # fmt: skip
     bundle = root / "fund" / "training" / "t1" / "bundle"
 
-    def interrupt(done: int, total: int) -> None:
-        if done >= 1:
-            raise KeyboardInterrupt
+    def interrupt_after(steps: int, reports: list[tuple[int, int]]):
+        def report(done: int, total: int) -> None:
+            reports.append((done, total))
+            if done >= steps:
+                raise KeyboardInterrupt
 
+        return report
+
+    first: list[tuple[int, int]] = []
     with pytest.raises(KeyboardInterrupt):
-        run_training_bundle(bundle, root / "job", root / "result", on_progress=interrupt)
+        run_training_bundle(bundle, root / "job", root / "result",
+                            on_progress=interrupt_after(1, first))  # fmt: skip
     checkpoint = Checkpoint(root / "result" / CHECKPOINT, owner=open_training_bundle(bundle).sha256)
     saved_step = checkpoint.latest()[0]
     checkpoint.close()
+    second: list[tuple[int, int]] = []
+    with pytest.raises(KeyboardInterrupt):
+        run_training_bundle(bundle, root / "job", root / "result",
+                            on_progress=interrupt_after(2, second))  # fmt: skip
     resumed = cli("participant", "train-encrypted", bundle, "--job", "job", "--out", "result",
                   cwd=root)  # fmt: skip
     ok(resumed)
@@ -92,7 +103,8 @@ def trained(job) -> dict:
     again = cli("fund", "receive-training", "t1", "result", cwd=root)
     weights_path = root / "fund" / "training" / "t1" / "weights.json"
     return {
-        "bundle": bundle, "saved_step": saved_step, "resumed": resumed, "refusals": refusals,
+        "bundle": bundle, "saved_step": saved_step, "reports": (first, second),
+        "resumed": resumed, "refusals": refusals,
         "receive_out": out, "again": again, "weights": json.loads(weights_path.read_text()),
         "weights_path": weights_path,
     }  # fmt: skip
@@ -161,6 +173,9 @@ def test_encrypted_two_role_weights_match_concrete_ml_single_process(job, traine
 @pytest.mark.fhe
 def test_an_interrupted_run_resumes_at_the_next_step(job, trained):
     assert trained["saved_step"] == 0, "the first step's weights were not checkpointed"
+    first, second = trained["reports"]
+    assert first == [(0, STEPS), (1, STEPS)]
+    assert second == [(1, STEPS), (2, STEPS)], "the resumed run did not start at step 1"
     assert "encrypted weights written" in trained["resumed"].stdout
     assert not (job["root"] / "result" / CHECKPOINT).exists()
 
