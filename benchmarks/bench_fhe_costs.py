@@ -1,6 +1,6 @@
 """FHE costs per model family on this machine, through the toolkit's own code paths.
 
-For each family (defaults from fhe_toolkit.families, 42 features as Numerai's small set):
+For each family (defaults from fhe_toolkit.protocol.families, 42 features as Numerai's small set):
 key generation, encryption rows/s (fund), FHE run rows/s (participant runner, all cores),
 decryption rows/s (fund, worker processes), ciphertext bytes per row in the bundle, evaluation
 key size.
@@ -18,11 +18,11 @@ from pathlib import Path
 
 from common import machine, numerai_like
 
-from fhe_toolkit.bundle import CIPHERTEXTS, EVALUATION_KEYS, open_bundle
-from fhe_toolkit.families import FAMILIES
 from fhe_toolkit.fund import Fund
-from fhe_toolkit.identity import create_identity
 from fhe_toolkit.participant import compile_model, export_model, run_bundle, train_model
+from fhe_toolkit.protocol.artifacts import CIPHERTEXTS, EVALUATION_KEYS, ROUND_BUNDLE, open_artifact
+from fhe_toolkit.protocol.families import FAMILIES
+from fhe_toolkit.protocol.signing import create_identity
 
 # Rows per family: enough for a steady rate, few enough for minutes, not hours.
 ROWS = {"linear": 640, "ridge": 640, "logistic": 640, "decision_tree": 40,
@@ -52,7 +52,7 @@ def measure(family: str, train, live, features, work: Path) -> dict[str, float]:
     predictions = fund.receive("r1", submission)
     decrypt = time.perf_counter() - start
     expected = model.predict(rows, "quantized")
-    bundle = open_bundle(bundle_dir)
+    bundle = open_artifact(bundle_dir, ROUND_BUNDLE)
     return {
         "rows": len(rows),
         "keygen_s": round(keygen, 2),

@@ -28,8 +28,8 @@ import pandas as pd
 from common import machine, numerai_like
 
 from fhe_toolkit.fund import Fund
-from fhe_toolkit.identity import create_identity
 from fhe_toolkit.participant import compile_model, export_model, run_bundle, train_model
+from fhe_toolkit.protocol.signing import create_identity
 from fhe_toolkit.scoring import score_eras
 
 

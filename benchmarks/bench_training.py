@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from common import machine, numerai_like
 
-from fhe_toolkit.fund_training import FundTraining
-from fhe_toolkit.participant_training import (
+from fhe_toolkit.fund.training import FundTraining
+from fhe_toolkit.participant.training import (
     TRAINING_SPEC_FILE,
     TrainingJob,
     compile_training_job,

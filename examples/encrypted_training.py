@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 from fhe_toolkit.data import SynthConfig, load_features_json, load_tournament, synthesize
-from fhe_toolkit.fund_training import WEIGHTS_FILE, FundTraining
+from fhe_toolkit.fund.training import WEIGHTS_FILE, FundTraining
 from fhe_toolkit.participant import compile_model, diagnose, export_model
-from fhe_toolkit.participant_training import (
+from fhe_toolkit.participant.training import (
     TRAINING_SPEC_FILE,
     TrainingJob,
     compile_training_job,

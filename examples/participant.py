@@ -13,8 +13,14 @@ import sys
 from pathlib import Path
 
 from fhe_toolkit.data import load_features_json, load_tournament
-from fhe_toolkit.identity import create_identity
-from fhe_toolkit.participant import compile_model, diagnose, export_model, run_bundle, train_model
+from fhe_toolkit.participant import (
+    compile_model,
+    diagnose,
+    export_model,
+    run_bundle,
+    train_model,
+)
+from fhe_toolkit.protocol.signing import create_identity
 
 NAME = "alice"
 

@@ -16,13 +16,19 @@ from typing import Any
 
 import pandas as pd
 
-from fhe_toolkit.bundle import CIPHERTEXTS, EVALUATION_KEYS
 from fhe_toolkit.data import SynthConfig, load_features_json, load_tournament, synthesize
 from fhe_toolkit.data.schema import ERA
 from fhe_toolkit.fund import Fund, fund_benchmark
-from fhe_toolkit.identity import create_identity
-from fhe_toolkit.participant import compile_model, diagnose, export_model, run_bundle, train_model
-from fhe_toolkit.report import write_report
+from fhe_toolkit.fund.report import write_report
+from fhe_toolkit.participant import (
+    compile_model,
+    diagnose,
+    export_model,
+    run_bundle,
+    train_model,
+)
+from fhe_toolkit.protocol.artifacts import CIPHERTEXTS, EVALUATION_KEYS
+from fhe_toolkit.protocol.signing import create_identity
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,27 @@
-"""Exceptions the toolkit raises for bad input.
+"""Every exception the toolkit raises on purpose, in one hierarchy under :class:`FheToolkitError`.
 
-Every message says what was expected, what came, and how to fix it. They subclass ValueError (or
-TypeError) so callers that already catch those keep working.
+Each message says what is wrong, why it matters when that is not obvious, and how to fix it.
+Bad input subclasses ``ValueError`` (a wrong kind of object ``TypeError``) and work the runtime
+could not do subclasses ``RuntimeError``, so callers that already catch those keep working. The
+command line prints any :class:`FheToolkitError` as one line and exits with status 2.
+
+Messages name the Python-level fix; the command line adds its own hints, so storage and
+runtime errors never assume a terminal.
 """
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 
 class FheToolkitError(Exception):
     """Base class of every error the toolkit raises on purpose."""
+
+
+# --- data and scoring ------------------------------------------------------------------------
+class DataValidationError(FheToolkitError, ValueError):
+    """A tournament data file or frame that does not follow the Numerai format."""
 
 
 class ScoringInputError(FheToolkitError, ValueError):
@@ -17,9 +32,79 @@ class ScoringTypeError(FheToolkitError, TypeError):
     """A scoring function got the wrong kind of object (e.g. a Series where a DataFrame goes)."""
 
 
-class DataValidationError(FheToolkitError, ValueError):
-    """A tournament data file or frame that does not follow the Numerai format."""
+# --- what crosses between fund and participant ---------------------------------------------
+class SpecError(FheToolkitError, ValueError):
+    """A model or training spec that cannot be registered or used, with the reason."""
+
+
+class ManifestError(FheToolkitError, ValueError):
+    """A bundle, submission or training artifact whose manifest or files do not check out."""
+
+
+class IdentityError(FheToolkitError, ValueError):
+    """A key file that cannot be used, or a signature that does not verify."""
+
+
+# --- the FHE runtime ---------------------------------------------------------------------------
+class KeyStoreError(FheToolkitError, ValueError):
+    """A key set that does not exist, exists already, or was retired."""
+
+
+class CheckpointError(FheToolkitError, ValueError):
+    """A checkpoint that belongs to different work."""
+
+
+class EngineError(FheToolkitError, RuntimeError):
+    """FHE work that the worker processes could not do."""
+
+
+class WorkerSetupError(EngineError):
+    """Workers could not even start the task (e.g. the model or keys could not be loaded)."""
+
+
+class RowFailedError(EngineError):
+    """The task raised on an item."""
+
+
+class WorkerCrashedError(EngineError):
+    """The FHE runtime killed the worker on an item."""
+
+
+class RowsCrashedError(EngineError):
+    """Every row tried crashed the runtime: the inputs (keys, ciphertexts) do not fit the task.
+
+    ``failures``: the rows tried, each with ``position`` and ``reason``.
+    """
+
+    def __init__(self, failures: Sequence[Any]) -> None:
+        self.failures = list(failures)
+        first = self.failures[0]
+        super().__init__(
+            f"the FHE runtime crashed on {len(self.failures)} row(s) in a row "
+            f"(first: row {first.position}: {first.reason})"
+        )
+
+
+# --- the two roles and the fund's records ----------------------------------------------------
+class ParticipantError(FheToolkitError, ValueError):
+    """A participant-side step that cannot go ahead as asked."""
+
+
+class RunError(FheToolkitError, RuntimeError):
+    """Rows the FHE runtime could not process; finished rows stay in the checkpoint."""
 
 
 class FundError(FheToolkitError, ValueError):
     """A fund operation refused, with the reason."""
+
+
+class RegistryError(FheToolkitError, ValueError):
+    """A record that does not exist, exists already, or cannot change as asked."""
+
+
+class LeaderboardError(FheToolkitError, ValueError):
+    """A leaderboard asked for in a way it cannot be given."""
+
+
+class ReportError(FheToolkitError, ValueError):
+    """A report that cannot be written (nothing to show yet, or an unwritable path)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fhe_toolkit.fund import Fund
-from fhe_toolkit.identity import create_identity
+from fhe_toolkit.protocol.signing import create_identity
 
 
 def enroll(fund: Fund, directory: Path, name: str) -> Path:

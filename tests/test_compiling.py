@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fhe_toolkit.compiling import calibration_rows
-from fhe_toolkit.manifest import sha256_file
-from fhe_toolkit.participant import DEPLOYMENT_DIR, compile_model, export_model, train_model
-from fhe_toolkit.server_library import (
+from fhe_toolkit.fhe.compiling import calibration_rows
+from fhe_toolkit.fhe.server_library import (
     LIBRARY_DIR,
     SERVER_ZIP,
     SOURCE_DIGEST,
     ensure_server_library,
 )
+from fhe_toolkit.participant.model import DEPLOYMENT_DIR, compile_model, export_model, train_model
+from fhe_toolkit.protocol.files import sha256_file
 
 
 @pytest.mark.parametrize("family", ["linear", "logistic", "decision_tree", "xgboost"])

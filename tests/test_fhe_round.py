@@ -17,22 +17,39 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fhe_toolkit.bundle import CIPHERTEXTS, EVALUATION_KEYS, PREDICTIONS, open_bundle
-from fhe_toolkit.checkpoint import Checkpoint
 from fhe_toolkit.data import SynthConfig, load_features_json, load_tournament, synthesize
-from fhe_toolkit.fund import Fund, FundError, fund_benchmark
-from fhe_toolkit.identity import SIGNATURE, create_identity, load_private_key, sign_directory
-from fhe_toolkit.keystore import KeyStoreError
-from fhe_toolkit.manifest import MANIFEST, ManifestError, write_manifest
-from fhe_toolkit.participant import (
-    CHECKPOINT,
+from fhe_toolkit.errors import (
+    FundError,
+    KeyStoreError,
+    ManifestError,
     ParticipantError,
+    RegistryError,
     RunError,
+)
+from fhe_toolkit.fhe.checkpoint import Checkpoint
+from fhe_toolkit.fund import Fund, fund_benchmark
+from fhe_toolkit.participant import (
     compile_model,
     export_model,
     run_bundle,
     train_model,
 )
+from fhe_toolkit.participant.outputs import CHECKPOINT
+from fhe_toolkit.protocol.artifacts import (
+    CIPHERTEXTS,
+    EVALUATION_KEYS,
+    PREDICTIONS,
+    ROUND_BUNDLE,
+    open_artifact,
+)
+from fhe_toolkit.protocol.manifest import MANIFEST, write_manifest
+from fhe_toolkit.protocol.signing import (
+    SIGNATURE,
+    create_identity,
+    load_private_key,
+    sign_directory,
+)
+from fhe_toolkit.registry import SubmissionStatus
 from tests.identities import enroll
 
 pytestmark = pytest.mark.fhe
@@ -186,8 +203,12 @@ def test_keys_are_private_retired_and_never_in_bundles(world, received):
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in folder.iterdir())
     with pytest.raises(KeyStoreError, match="retired"):
         store.keyset_path("r1", "lin")
-    with pytest.raises(FundError, match="received already"):
+    with pytest.raises(RegistryError, match="received already"):
         world["fund"].receive("r1", world["submissions"]["lin"])
+    bundles = world["fund"].round_record("r1").bundles
+    assert {name: bundles[name].status for name in MODELS} == dict.fromkeys(
+        MODELS, SubmissionStatus.RECEIVED
+    )
 
     bundle_files = {f.name for f in world["bundles"].rglob("*") if f.is_file()}
     assert bundle_files == {CIPHERTEXTS, EVALUATION_KEYS, "model_spec.json", MANIFEST, SIGNATURE}
@@ -257,7 +278,7 @@ def test_corrupted_ciphertext_fails_its_row_only(world, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(RunError, match=r"1 batch\(es\) failed: batch 3 "):
         run_bundle(bundle, world["root"] / "tree", out, workers=2, identity=ID["tree"](world))
-    checkpoint = Checkpoint(out / CHECKPOINT, owner=open_bundle(bundle).sha256)
+    checkpoint = Checkpoint(out / CHECKPOINT, owner=open_artifact(bundle, ROUND_BUNDLE).sha256)
     assert checkpoint.done() == set(range(CONFIG.rows_per_era)) - {3}
     checkpoint.close()
 
@@ -306,12 +327,12 @@ def test_late_replayed_and_closed_round_submissions_are_refused(world, received,
                           identity=ID["lin"](world), workers=1)  # fmt: skip
 
     late = submit("late", deadline=datetime.now(UTC) - timedelta(minutes=1))
-    with pytest.raises(FundError, match="stopped taking submissions"):
+    with pytest.raises(RegistryError, match="stopped taking submissions"):
         fund.receive("late", late)
     with pytest.raises(FundError, match="answers round 'late', not 'r1'"):
         fund.receive("r1", late)
     closed = submit("closed")
     fund.close_round("closed")
-    with pytest.raises(FundError, match="is closed"):
+    with pytest.raises(RegistryError, match="is closed"):
         fund.receive("closed", closed)
     assert fund.keys.keyset_path("late", "lin").is_file(), "a refused submission used the keys"

@@ -7,9 +7,10 @@ import os
 
 import pytest
 
-from fhe_toolkit.identity import (
+from fhe_toolkit.errors import IdentityError
+from fhe_toolkit.protocol.manifest import MANIFEST
+from fhe_toolkit.protocol.signing import (
     SIGNATURE,
-    IdentityError,
     create_identity,
     load_private_key,
     load_public_key,
@@ -18,7 +19,6 @@ from fhe_toolkit.identity import (
     signed_by,
     verify_directory,
 )
-from fhe_toolkit.manifest import MANIFEST
 
 
 @pytest.fixture

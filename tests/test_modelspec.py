@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fhe_toolkit.fund import Fund, FundError
-from fhe_toolkit.modelspec import SpecCodec, SpecError, load_spec
+from fhe_toolkit.errors import FundError, RegistryError, SpecError
+from fhe_toolkit.fhe.codecs import SpecCodec
+from fhe_toolkit.fund import Fund
 from fhe_toolkit.participant import compile_model, export_model, train_model
-from fhe_toolkit.registry import RegistryError
+from fhe_toolkit.protocol.modelspec import load_spec
 from tests.identities import enroll
 
 

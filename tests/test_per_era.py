@@ -6,12 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fhe_toolkit.errors import ScoringInputError
+from fhe_toolkit.errors import ScoringInputError, ScoringTypeError
 from fhe_toolkit.scoring import (
+    benchmark_contribution,
     correlation_contribution,
+    feature_exposures,
     feature_neutral_corr,
     numerai_corr,
     payout,
+    payout_per_stake,
+    payout_score,
     score_eras,
     stake_weighted_meta_model,
     summarize,
@@ -116,32 +120,121 @@ def test_summary_statistics():
     assert np.isnan(summarize_series(pd.Series([0.1, 0.1]))["sharpe"])
 
 
-def test_meta_model_is_stake_weighted_rank_gaussian_mean(scored):
-    _, preds = scored
+def test_meta_model_is_stake_weighted_rank_gaussian_mean_per_era(scored):
+    data, preds = scored
     stakes = pd.Series({"signal": 3.0, "noise": 1.0})
-    meta = stake_weighted_meta_model(preds, stakes)
+    meta = stake_weighted_meta_model(preds, stakes, eras=data["era"])
+    for ids in data.groupby("era").groups.values():
+        ranked = rank_gaussian_array(preds.loc[ids, ["signal", "noise"]].to_numpy())
+        np.testing.assert_allclose(meta.loc[ids].to_numpy(), ranked @ np.array([0.75, 0.25]))
+    one_era = stake_weighted_meta_model(preds, stakes, eras=None)
     ranked = rank_gaussian_array(preds[["signal", "noise"]].to_numpy())
-    np.testing.assert_allclose(meta.to_numpy(), ranked @ np.array([0.75, 0.25]))
+    np.testing.assert_allclose(one_era.to_numpy(), ranked @ np.array([0.75, 0.25]))
+    assert not np.allclose(one_era.to_numpy(), meta.to_numpy())
+
+
+def test_meta_model_requires_eras(scored):
+    """Ranking across eras mixes them: the caller says which rows form an era (None: one)."""
+    data, preds = scored
+    stakes = pd.Series({"signal": 3.0, "noise": 1.0})
+    with pytest.raises(TypeError, match="eras"):
+        stake_weighted_meta_model(preds, stakes)  # type: ignore[call-arg]
+    with pytest.raises(ScoringInputError, match=r"5 id\(s\) have no era"):
+        stake_weighted_meta_model(preds, stakes, eras=data["era"].iloc[5:])
+
+
+def test_score_eras_refuses_meta_model_and_stakes_together(scored):
+    data, preds = scored
+    stakes = pd.Series({"signal": 1.0, "noise": 3.0})
+    meta = stake_weighted_meta_model(preds, stakes, eras=data["era"])
+    with pytest.raises(ScoringInputError, match="both meta_model and stakes"):
+        score_eras(preds, data, meta_model=meta, stakes=stakes)
+
+
+def test_score_eras_equals_single_calls_on_partial_rows(scored):
+    """NaN targets and a meta model missing ids: each metric keeps its own rows, as alone."""
+    data, preds = scored
+    era = sorted(data["era"].unique())[2]
+    ids = data.index[data["era"] == era]
+    data = data.assign(target=data["target"].where(~data.index.isin(ids[:7])))
+    meta = stake_weighted_meta_model(preds, pd.Series({"noise": 1.0}), eras=data["era"])
+    meta = meta.drop(ids[-5:])
+    features = [c for c in data if c.startswith("feature_")]
+    result = score_eras(preds, data, meta_model=meta, benchmark=preds["feature"], top_bottom=20)
+    row = result[result["era"] == era].set_index("model")
+    preds_era, targets = preds.loc[ids], data.loc[ids, "target"]
+    expected = {
+        "corr": numerai_corr(preds_era, targets, top_bottom=20),
+        "mmc": correlation_contribution(preds_era, meta.loc[ids[:-5]], targets, 20),
+        "bmc": benchmark_contribution(preds_era, preds.loc[ids, "feature"], targets, 20),
+        "fnc": feature_neutral_corr(preds_era, data.loc[ids, features], targets, 20),
+        "max_exposure": feature_exposures(preds_era, data.loc[ids, features]).abs().max(),
+    }
+    for column, scores in expected.items():
+        np.testing.assert_allclose(row[column], scores[row.index], rtol=0, atol=1e-12)
+
+
+def test_score_eras_refuses_ids_without_an_era(scored):
+    data, preds = scored
+    data = data.assign(era=data["era"].where(np.arange(len(data)) != 3))
+    with pytest.raises(ScoringInputError, match="eras contains NaN"):
+        score_eras(preds, data)
+
+
+def test_summarize_names_a_non_numeric_column(scored):
+    data, preds = scored
+    per_era = score_eras(preds, data, exposure_features=[], fnc_features=[])
+    with pytest.raises(ScoringTypeError, match=r"\['target'\] are not numeric.*'target_60d'"):
+        summarize(per_era.assign(target="target_60d"))
+    with pytest.raises(ScoringTypeError, match=r"\['corr'\] are not numeric"):
+        summarize_series(pd.Series(["0.1", "x"], name="corr"))
 
 
 def test_meta_model_refuses_bad_stakes(scored):
     _, preds = scored
     with pytest.raises(ScoringInputError, match="finite and ≥ 0"):
-        stake_weighted_meta_model(preds, pd.Series({"signal": -1.0}))
+        stake_weighted_meta_model(preds, pd.Series({"signal": -1.0}), eras=None)
     with pytest.raises(ScoringInputError, match="add up to 0"):
-        stake_weighted_meta_model(preds, pd.Series({"signal": 0.0}))
+        stake_weighted_meta_model(preds, pd.Series({"signal": 0.0}), eras=None)
     with pytest.raises(ScoringInputError, match=r"\['ghost'\] that have no predictions"):
-        stake_weighted_meta_model(preds, pd.Series({"ghost": 1.0}))
+        stake_weighted_meta_model(preds, pd.Series({"ghost": 1.0}), eras=None)
 
 
 def test_payout_formula_and_clip():
     stakes = pd.Series({"a": 100.0, "b": 100.0, "c": 50.0, "d": 10.0})
     corr = pd.Series({"a": 0.02, "b": 0.5, "c": -0.5, "d": np.nan})
     mmc = pd.Series({"a": 0.01, "b": 0.0, "c": 0.0, "d": 0.01})
-    got = payout(stakes, corr, mmc, payout_factor=1.0, corr_weight=0.5, mmc_weight=2.0)
+    got = payout(stakes, corr=corr, mmc=mmc, payout_factor=1.0, corr_weight=0.5, mmc_weight=2.0)
     assert got["a"] == pytest.approx(100 * (0.5 * 0.02 + 2 * 0.01))
     assert got["b"] == pytest.approx(100 * 0.05)
     assert got["c"] == pytest.approx(-50 * 0.05)
     assert got["d"] == pytest.approx(10 * 0.02)
     with pytest.raises(ScoringInputError, match="no mmc score"):
-        payout(stakes, corr, mmc.drop("a"))
+        payout(stakes, corr=corr, mmc=mmc.drop("a"))
+
+
+def test_payout_scores_are_keyword_only():
+    """CORR and MMC are both Series by model: positionally, swapping them would go unnoticed."""
+    stakes = pd.Series({"a": 100.0})
+    corr, mmc = pd.Series({"a": 0.02}), pd.Series({"a": 0.01})
+    with pytest.raises(TypeError, match="positional"):
+        payout(stakes, corr, mmc)  # type: ignore[misc]
+    with pytest.raises(TypeError, match="positional"):
+        payout_score(corr, mmc)  # type: ignore[misc]
+    assert payout(stakes, corr=corr, mmc=mmc)["a"] != payout(stakes, corr=mmc, mmc=corr)["a"]
+
+
+def test_payout_per_stake_is_the_return_on_one_unit():
+    stakes = pd.Series({"a": 100.0, "b": 20.0})
+    corr = pd.Series({"a": 0.02, "b": 0.5})
+    mmc = pd.Series({"a": -0.01, "b": 0.0})
+    per_stake = payout_per_stake(corr=corr, mmc=mmc, payout_factor=2.0)
+    assert per_stake.name == "payout_per_stake"
+    assert per_stake["a"] == pytest.approx(2.0 * (0.5 * 0.02 - 2.0 * 0.01))
+    assert per_stake["b"] == pytest.approx(0.05)
+    pd.testing.assert_series_equal(
+        payout(stakes, corr=corr, mmc=mmc, payout_factor=2.0),
+        (stakes * per_stake).rename("payout"),
+    )
+    with pytest.raises(ScoringInputError, match=r"\['b'\] have only corr"):
+        payout_per_stake(corr=corr, mmc=mmc.drop("b"))

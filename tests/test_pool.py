@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fhe_toolkit.pool import RowsCrashedError, WorkerSetupError, run_rows
+from fhe_toolkit.errors import RowsCrashedError, WorkerSetupError
+from fhe_toolkit.fhe.engine import run_rows
 from tests.jobs_for_tests import BrokenSetupJob, EchoJob
 
 ITEMS = [f"row{i}".encode() for i in range(30)]

@@ -1,6 +1,15 @@
-"""Known answers: numerai-tools 0.7.2 outputs on the shared reference case, to 1e-9."""
+"""Known answers: numerai-tools 0.7.2 outputs on the shared reference case, to 1e-9.
+
+``scoring_case_expected.json`` is the shared reference (``../shared/reference/``);
+``numerai_tools_0_7_2_extra.json`` adds neutral correlation / contribution and the ``top_bottom``
+option, written by ``tests/data/make_known_answers.py`` in a numerai-tools 0.7.2 environment.
+"""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,12 +19,42 @@ from fhe_toolkit.scoring import (
     correlation_contribution,
     feature_neutral_corr,
     max_feature_correlation,
+    neutral_contribution,
+    neutral_correlation,
     neutralize,
     numerai_corr,
 )
 
 TOL = 1e-9
 ERAS = ("0001", "0002")
+EXTRA = json.loads((Path(__file__).parent / "data" / "numerai_tools_0_7_2_extra.json").read_text())
+K = EXTRA["top_bottom"]
+
+# Known-answer key → our call on (frame, predictions, features) of one era, with
+# numerai-tools' argument names and order.
+EXTRA_CALLS: dict[str, Callable[[pd.DataFrame, pd.DataFrame, pd.DataFrame], pd.Series]] = {
+    "neutral_contribution": lambda frame, preds, features: neutral_contribution(
+        preds, frame["meta_model"], neutralizers=features, live_targets=frame["target"]
+    ),
+    "neutral_correlation": lambda frame, preds, features: neutral_correlation(
+        preds, features, frame["target"]
+    ),
+    "numerai_corr_top_bottom": lambda frame, preds, _: numerai_corr(
+        preds, frame["target"], top_bottom=K
+    ),
+    "correlation_contribution_top_bottom": lambda frame, preds, _: correlation_contribution(
+        preds, frame["meta_model"], frame["target"], top_bottom=K
+    ),
+    "neutral_contribution_top_bottom": lambda frame, preds, features: neutral_contribution(
+        preds, frame["meta_model"], features, frame["target"], K
+    ),
+    "neutral_correlation_top_bottom": lambda frame, preds, features: neutral_correlation(
+        preds, features, frame["target"], top_bottom=K
+    ),
+    "feature_neutral_corr_top_bottom": lambda frame, preds, features: feature_neutral_corr(
+        preds, features, frame["target"], top_bottom=K
+    ),
+}
 
 
 def era_inputs(case: pd.DataFrame, era: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -76,4 +115,30 @@ def test_row_order_does_not_matter(reference_case, reference_expected):
     shuffled = np.random.default_rng(0).permutation(len(frame))
     got = numerai_corr(preds.iloc[shuffled], frame["target"].iloc[shuffled[::-1]])
     expected = pd.Series(reference_expected["eras"]["0001"]["numerai_corr"])
+    np.testing.assert_allclose(got[expected.index], expected, rtol=0, atol=TOL)
+
+
+def test_extra_answers_cover_every_call():
+    assert K == 50
+    for era in ERAS:
+        assert set(EXTRA["eras"][era]) == set(EXTRA_CALLS)
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("key", sorted(EXTRA_CALLS))
+def test_extra_known_answers(reference_case, key, era):
+    frame, preds, features = era_inputs(reference_case, era)
+    got = EXTRA_CALLS[key](frame, preds, features)
+    expected = pd.Series(EXTRA["eras"][era][key])
+    assert list(got.index) == list(expected.index)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("key", sorted(EXTRA_CALLS))
+def test_extra_answers_do_not_depend_on_row_order(reference_case, key):
+    """model_b's many ties sit on the top / bottom boundary: they are taken in id order."""
+    frame, preds, features = era_inputs(reference_case, "0002")
+    order = np.random.default_rng(1).permutation(len(frame))
+    got = EXTRA_CALLS[key](frame.iloc[order[::-1]], preds.iloc[order], features.iloc[order])
+    expected = pd.Series(EXTRA["eras"]["0002"][key])
     np.testing.assert_allclose(got[expected.index], expected, rtol=0, atol=TOL)

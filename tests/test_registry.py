@@ -8,19 +8,39 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
-from fhe_toolkit.leaderboard import leaderboard
-from fhe_toolkit.registry import Registry, RegistryError, upgrade
-from fhe_toolkit.registry.store import connect
+from fhe_toolkit.errors import RegistryError
+from fhe_toolkit.fund.leaderboard import leaderboard
+from fhe_toolkit.registry import (
+    NewTrainingJob,
+    Registry,
+    RoundStatus,
+    SubmissionStatus,
+    TrainingJobRecord,
+    TrainingJobStatus,
+    upgrade,
+)
+from fhe_toolkit.registry.store import connect, migrations_config
 from fhe_toolkit.registry.tables import Base
-from tests.tournament_records import KEY_A, KEY_B, play_round, registry_with_models
+from tests.tournament_records import (
+    KEY_A,
+    KEY_B,
+    new_bundle,
+    play_round,
+    registry_with_models,
+)
+
+HEAD = ScriptDirectory.from_config(migrations_config()).get_current_head()
 
 
 def test_the_migrations_build_exactly_the_tables_the_code_uses(database_url):
@@ -60,7 +80,7 @@ def test_an_older_database_is_upgraded_and_keeps_its_data(database_url):
     with engine.connect() as connection:
         assert sa.inspect(connection).has_table("payouts")
         version = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-    assert version == "0002"
+    assert version == HEAD
     play_round(registry_with_new_participant(registry), "r1", {"old-model": (0.02, 0.01)})
 
 
@@ -69,6 +89,134 @@ def registry_with_new_participant(registry: Registry) -> Registry:
     registry.add_participant("bob", KEY_B)
     registry.register_model("m-b", "bob", "linear", "target", "{}", "b" * 64, 10.0)
     return registry
+
+
+OLD_STATUSES = {
+    "m0": ("awaiting submission", SubmissionStatus.AWAITING, None),
+    "m1": ("accepted: decrypting", SubmissionStatus.DECRYPTING, None),
+    "m2": ("received", SubmissionStatus.RECEIVED, None),
+    "m3": ("received: constant predictions", SubmissionStatus.RECEIVED, "constant predictions"),
+    "m4": ("refused: outputs could not be decrypted", SubmissionStatus.REFUSED,
+           "outputs could not be decrypted"),
+    "m5": ("refused: non-finite predictions", SubmissionStatus.REFUSED, "non-finite predictions"),
+}  # fmt: skip
+"""Per model, its bundle's status as versions before 0003 wrote it, and what it becomes."""
+
+
+def database_at_0002(database_url: str, statuses: dict[str, str]) -> sa.Engine:
+    """A database as version 0002 left it: round r1 with one bundle per model in ``statuses``,
+    and the submission of each bundle that was being decrypted."""
+    engine = connect(database_url)
+    upgrade(engine, "0002")
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    with engine.begin() as connection:
+        tables = sa.MetaData()
+        tables.reflect(connection)
+
+        def insert(table: str, **row: object) -> None:
+            connection.execute(tables.tables[table].insert(), [row])
+
+        insert("participants", name="alice", public_key=KEY_A, created_at=when)
+        insert("rounds", name="r1", status="open", n_rows=1, opened_at=when)
+        for number, (model, status) in enumerate(statuses.items(), start=1):
+            insert("models", name=model, participant_id=1, target="target", stake=10.0,
+                   created_at=when)  # fmt: skip
+            insert("model_versions", model_id=number, version=1, family="linear",
+                   spec_sha256="f" * 64, spec_json="{}", registered_at=when)  # fmt: skip
+            insert("bundles", round_id=1, model_id=number, model_version_id=number,
+                   key_set_id="0" * 32, bundle_sha256="1" * 64, stake=10.0,
+                   batch_ids=[["x"]], status=status)  # fmt: skip
+            if status == "accepted: decrypting":
+                insert("submissions", bundle_id=number, manifest_sha256="d" * 64, signed_by=1,
+                       received_at=when)  # fmt: skip
+    return engine
+
+
+def test_old_submission_statuses_become_a_status_and_its_detail(database_url):
+    engine = database_at_0002(database_url, {m: old for m, (old, _, _) in OLD_STATUSES.items()})
+    registry = Registry(database_url)  # opening upgrades it
+    record = registry.round_record("r1")
+    assert record.status == RoundStatus.OPEN and record.n_rows == 1
+    assert {m: (b.status, b.detail) for m, b in record.bundles.items()} == {
+        m: (status, detail) for m, (_, status, detail) in OLD_STATUSES.items()
+    }
+    assert record.bundles["m1"].batch_ids == (("x",),) and record.bundles["m1"].stake == 10.0
+    with engine.connect() as connection:
+        stored = connection.execute(sa.text("SELECT status, detail FROM bundles ORDER BY id")).all()
+    assert [tuple(row) for row in stored] == [
+        (str(status), detail) for _, status, detail in OLD_STATUSES.values()
+    ]  # the database keeps readable words
+    # The submission being decrypted when the fund was cut off is still taken again, once.
+    registry.accept_submission("r1", "m1", "d" * 64, "alice")
+    registry.set_submission_status("r1", "m1", SubmissionStatus.RECEIVED)
+    with pytest.raises(RegistryError, match="received already"):
+        registry.accept_submission("r1", "m1", "d" * 64, "alice")
+    # And back: the messages are rebuilt as versions before 0003 wrote them.
+    with engine.begin() as connection:
+        command.downgrade(migrations_config(connection), "0002")
+    with engine.connect() as connection:
+        old = connection.execute(sa.text("SELECT status FROM bundles ORDER BY id")).scalars()
+        assert list(old) == ["awaiting submission", "received", *(
+            text for text, _, _ in list(OLD_STATUSES.values())[2:]
+        )]  # fmt: skip
+        assert "detail" not in {c["name"] for c in sa.inspect(connection).get_columns("bundles")}
+
+
+def test_a_status_no_version_wrote_stops_the_upgrade_before_any_change(database_url):
+    engine = database_at_0002(database_url, {"m0": "received", "m1": "lost in the post"})
+    with pytest.raises(RegistryError, match=r"no version of fhe_toolkit wrote.*lost in the post"):
+        Registry(database_url)
+    with engine.begin() as connection:
+        version = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        assert version == "0002"
+        assert "detail" not in {c["name"] for c in sa.inspect(connection).get_columns("bundles")}
+        connection.execute(sa.text("UPDATE bundles SET status = 'refused: lost in the post' "
+                                   "WHERE status = 'lost in the post'"))  # fmt: skip
+    record = Registry(database_url).round_record("r1")
+    assert (record.bundles["m1"].status, record.bundles["m1"].detail) == (
+        SubmissionStatus.REFUSED, "lost in the post",
+    )  # fmt: skip
+
+
+def test_training_jobs_are_recorded_and_take_one_result(database_url):
+    registry = registry_with_models(database_url)
+    job = NewTrainingJob(
+        job_id="j1", name="sgd", key_set_id="0" * 32, spec_sha256="a" * 64,
+        bundle_sha256="b" * 64, n_samples=100, positive_share=0.5, iterations=3,
+        participant="alice",
+    )  # fmt: skip
+    registry.open_training_job(job)
+    with pytest.raises(RegistryError, match="exists already"):
+        registry.open_training_job(job)
+    with pytest.raises(RegistryError, match="'nobody' is not registered"):
+        registry.open_training_job(replace(job, job_id="j2", participant="nobody"))
+    assert not registry.has_training_job("j2")
+    record = registry.training_job("j1")
+    assert (record.status, record.participant, record.iterations) == (
+        TrainingJobStatus.AWAITING, "alice", 3,
+    )  # fmt: skip
+    assert record.opened_at.tzinfo is not None and record.received_at is None
+    registry.accept_training_result("j1", "c" * 64)
+    registry.accept_training_result("j1", "c" * 64)  # cut off while decrypting: taken again
+    with pytest.raises(RegistryError, match="received already"):
+        registry.accept_training_result("j1", "e" * 64)
+    registry.set_training_status("j1", TrainingJobStatus.DECRYPTED)
+    with pytest.raises(RegistryError, match="received already"):
+        registry.accept_training_result("j1", "c" * 64)
+    record = registry.training_job("j1")
+    assert record.status == TrainingJobStatus.DECRYPTED and record.result_sha256 == "c" * 64
+    assert record.received_at is not None
+    imported = TrainingJobRecord(
+        job_id="old", name="sgd", participant=None, status=TrainingJobStatus.REFUSED,
+        detail="non-finite weights", key_set_id="1" * 32, spec_sha256="a" * 64,
+        bundle_sha256="b" * 64, n_samples=50, positive_share=0.25, iterations=2,
+        opened_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )  # fmt: skip
+    assert registry.import_training_job(imported)
+    assert not registry.import_training_job(replace(imported, status=TrainingJobStatus.AWAITING))
+    assert registry.training_job("old") == imported
+    with pytest.raises(RegistryError, match="never opened"):
+        registry.training_job("nope")
 
 
 def test_payouts_change_stakes_and_reputation_follows_the_last_rounds(database_url):
@@ -111,12 +259,13 @@ def test_refusals(database_url):
         registry.create_round("r1", 1, None, [])
     with pytest.raises(RegistryError, match="resolved already"):
         registry.record_results("r1", pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), 2)
-    bundles = [{"model": "m-a", "key_set_id": "0" * 32, "bundle_sha256": "1" * 64,
-                "batch_ids": [["x"]]}]  # fmt: skip
+    bundles = [new_bundle("m-a")]
     registry.create_round("r2", 1, datetime.now(UTC) + timedelta(hours=1), bundles)
+    assert registry.round_record("r2").bundles["m-a"].status == SubmissionStatus.AWAITING
     registry.accept_submission("r2", "m-a", "d" * 64, "alice")
     registry.accept_submission("r2", "m-a", "d" * 64, "alice")  # cut off before decryption
-    registry.set_status("r2", "m-a", "received")
+    assert registry.round_record("r2").bundles["m-a"].status == SubmissionStatus.DECRYPTING
+    registry.set_submission_status("r2", "m-a", SubmissionStatus.RECEIVED)
     with pytest.raises(RegistryError, match="received already"):
         registry.accept_submission("r2", "m-a", "d" * 64, "alice")
     registry.create_round("r3", 1, datetime.now(UTC) - timedelta(seconds=1), bundles)
@@ -181,7 +330,7 @@ def test_a_process_killed_while_paying_leaves_nothing_and_a_rerun_finishes(datab
 def assert_nothing_was_paid(registry: Registry) -> None:
     assert registry.payouts().empty and registry.scores().empty
     assert registry.models()["stake"].to_dict() == {"m-a": 100.0, "m-b": 50.0}
-    assert registry.round_info("r1")["status"] == "open"
+    assert registry.round_record("r1").status == RoundStatus.OPEN
 
 
 def play_round_resolution(registry: Registry) -> None:

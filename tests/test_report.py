@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 
+from fhe_toolkit.errors import ReportError
+from fhe_toolkit.fund.report import write_report
 from fhe_toolkit.registry import Registry
-from fhe_toolkit.report import ReportError, write_report
 from tests.tournament_records import play_round, registry_with_models
 
 CHARTS = (

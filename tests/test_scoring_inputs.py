@@ -15,6 +15,11 @@ from fhe_toolkit.scoring import (
     exposure_summary,
     feature_exposures,
     feature_neutral_corr,
+    mmc_closed_form,
+    mmc_finite_difference,
+    mmc_pseudo_inverse,
+    neutral_contribution,
+    neutral_correlation,
     neutralize,
     numerai_corr,
     tie_kept_rank,
@@ -102,6 +107,80 @@ def test_constant_prediction_scores_nan(era):
 def test_constant_meta_model_is_refused(era):
     with pytest.raises(ScoringInputError, match="meta_model holds a single value"):
         correlation_contribution(era["preds"], era["meta"] * 0, era["targets"])
+    with pytest.raises(ScoringInputError, match="meta_model is constant or explained entirely"):
+        neutral_contribution(era["preds"], era["meta"] * 0, era["features"], era["targets"])
+    # Any function of feature_0 (its rank-gaussian transform too) lies in its one-hot span.
+    one_hot = pd.get_dummies(era["features"]["feature_0"], prefix="level", dtype=float)
+    with pytest.raises(ScoringInputError, match="explained entirely by the neutralizers"):
+        neutral_contribution(
+            era["preds"], era["features"]["feature_0"].astype(float), one_hot, era["targets"]
+        )
+
+
+def test_constant_prediction_scores_nan_in_neutral_scores(era):
+    preds = era["preds"].assign(flat=0.5)
+    assert np.isnan(neutral_correlation(preds, era["features"], era["targets"])["flat"])
+    assert np.isnan(
+        neutral_contribution(preds, era["meta"], era["features"], era["targets"])["flat"]
+    )
+    assert np.isnan(numerai_corr(preds, era["targets"], top_bottom=10)["flat"])
+    assert np.isnan(correlation_contribution(preds, era["meta"], era["targets"], 10)["flat"])
+
+
+def test_nan_neutralizer_rows_are_left_out_like_nan_targets(era):
+    features = era["features"].astype(float)
+    features.iloc[:5, 1] = np.nan
+    got = neutral_correlation(era["preds"], features, era["targets"])
+    kept = era["preds"].index[5:]
+    expected = neutral_correlation(
+        era["preds"].loc[kept], features.loc[kept], era["targets"] - era["targets"].mean()
+    )
+    pd.testing.assert_series_equal(got, expected)
+
+
+def test_top_bottom_is_checked(era):
+    with pytest.raises(ScoringTypeError, match="pass max_filtered_index_ratio by keyword"):
+        correlation_contribution(era["preds"], era["meta"], era["targets"], 0.2)  # type: ignore[arg-type]
+    with pytest.raises(ScoringInputError, match=r"keeps 102 rows.*only 100.*at most 50"):
+        numerai_corr(era["preds"], era["targets"], top_bottom=51)
+    with pytest.raises(ScoringInputError, match="≥ 0"):
+        feature_neutral_corr(era["preds"], era["features"], era["targets"], -1)
+    pd.testing.assert_series_equal(
+        numerai_corr(era["preds"], era["targets"], top_bottom=0),
+        numerai_corr(era["preds"], era["targets"]),
+    )
+
+
+def test_max_filtered_index_ratio_must_be_a_share(era):
+    with pytest.raises(ScoringInputError, match=r"within \[0, 1\], but got 50"):
+        numerai_corr(era["preds"], era["targets"], 50)
+
+
+def test_mmc_formulations_check_their_inputs(era):
+    p, m, y = era["preds"]["a"], era["meta"], era["targets"]
+    with pytest.raises(ScoringTypeError, match=r"\['m', 'p'\] are Series but \['y'\]"):
+        mmc_closed_form(p, m, y.to_numpy())
+    with pytest.raises(ScoringInputError, match="y's index differs from p's"):
+        mmc_pseudo_inverse(p, m, y.iloc[::-1])
+    with pytest.raises(ScoringInputError, match="one value per row"):
+        mmc_finite_difference(p.to_numpy(), m.to_numpy()[1:], y.to_numpy())
+    with pytest.raises(ScoringInputError, match="p holds NaN"):
+        mmc_closed_form(p.where(p > 0).to_numpy(), m.to_numpy(), y.to_numpy())
+    with pytest.raises(ScoringInputError, match="m holds a single value"):
+        mmc_closed_form(p, m * 0, y)
+
+
+def test_neutralize_by_era_fits_each_era_alone(era):
+    eras = pd.Series(np.where(np.arange(N) % 3 == 0, "0002", "0001"), index=era["preds"].index)
+    got = neutralize(era["preds"], era["features"], 0.7, eras=eras.iloc[::-1])
+    for label in ("0001", "0002"):
+        ids = eras.index[eras == label]
+        pd.testing.assert_frame_equal(
+            got.loc[ids], neutralize(era["preds"].loc[ids], era["features"], 0.7)
+        )
+    assert not np.allclose(got, neutralize(era["preds"], era["features"], 0.7))
+    with pytest.raises(ScoringInputError, match=r"10 id\(s\) have no era"):
+        neutralize(era["preds"], era["features"], eras=eras.iloc[10:])
 
 
 def test_constant_feature_is_skipped_in_exposure_summary(era):
@@ -161,6 +240,8 @@ def test_no_function_mutates_its_arguments(era):
     correlation_contribution(preds, era["meta"], targets)
     feature_neutral_corr(preds, era["features"], targets)
     neutralize(preds, era["features"], 0.5)
+    neutral_correlation(preds, era["features"], targets, top_bottom=10)
+    neutral_contribution(preds, era["meta"], era["features"], targets, 10)
     feature_exposures(preds, era["features"])
     tie_kept_rank(preds)
     for name, value in args.items():

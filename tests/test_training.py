@@ -11,27 +11,45 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fhe_toolkit.checkpoint import Checkpoint
 from fhe_toolkit.data import SynthConfig, load_tournament, synthesize
-from fhe_toolkit.fund import Fund, FundError
-from fhe_toolkit.fund_training import FundTraining
-from fhe_toolkit.keystore import KeyStoreError
-from fhe_toolkit.manifest import MANIFEST, ManifestError
-from fhe_toolkit.modelspec import SpecError, read_spec
-from fhe_toolkit.participant import CHECKPOINT, ParticipantError, run_bundle
-from fhe_toolkit.participant_training import (
+from fhe_toolkit.errors import (
+    FundError,
+    KeyStoreError,
+    ManifestError,
+    ParticipantError,
+    RegistryError,
+    SpecError,
+)
+from fhe_toolkit.fhe.checkpoint import Checkpoint
+from fhe_toolkit.fhe.codecs import TrainingCodec, plan_batches
+from fhe_toolkit.fund import Fund
+from fhe_toolkit.fund.training import FundTraining
+from fhe_toolkit.participant import run_bundle
+from fhe_toolkit.participant.outputs import CHECKPOINT
+from fhe_toolkit.participant.training import (
     TRAINING_SPEC_FILE,
     TrainingJob,
     compile_training_job,
     run_training_bundle,
 )
-from fhe_toolkit.training_bundle import WEIGHTS, open_training_bundle
-from fhe_toolkit.training_spec import TrainingCodec, TrainingSpec, plan_batches
+from fhe_toolkit.protocol.artifacts import (
+    BIAS,
+    TRAINING_BUNDLE,
+    TRAINING_RESULT,
+    WEIGHTS,
+    open_artifact,
+    write_artifact,
+)
+from fhe_toolkit.protocol.manifest import MANIFEST
+from fhe_toolkit.protocol.modelspec import read_spec
+from fhe_toolkit.protocol.training_spec import TrainingSpec
+from fhe_toolkit.registry import TrainingJobStatus
 from tests.cli_runner import cli, ok
 from tests.identities import enroll
 
@@ -88,7 +106,9 @@ def trained(job) -> dict:
     with pytest.raises(KeyboardInterrupt):
         run_training_bundle(bundle, root / "job", root / "result",
                             on_progress=interrupt_after(1, first))  # fmt: skip
-    checkpoint = Checkpoint(root / "result" / CHECKPOINT, owner=open_training_bundle(bundle).sha256)
+    checkpoint = Checkpoint(
+        root / "result" / CHECKPOINT, owner=open_artifact(bundle, TRAINING_BUNDLE).sha256
+    )
     saved_step = checkpoint.latest()[0]
     checkpoint.close()
     second: list[tuple[int, int]] = []
@@ -186,7 +206,11 @@ def test_bad_results_are_refused_before_decryption_and_keys_decrypt_once(job, tr
     assert "SHA-256" in trained["refusals"]["altered file"]
     again = trained["again"]
     assert again.returncode == 2 and "received already" in again.stderr
-    keys = FundTraining(job["root"] / "fund", job["root"] / "keys").keys
+    training = FundTraining(job["root"] / "fund", job["root"] / "keys")
+    record = training.job_record("t1")
+    assert (record.status, record.detail) == (TrainingJobStatus.DECRYPTED, None)
+    assert record.iterations == STEPS and record.received_at is not None
+    keys = training.training_keys
     with pytest.raises(KeyStoreError, match="retired"):
         keys.keyset_path("t1", "sgd")
     assert not list((job["root"] / "fund" / "training" / "t1" / "bundle").glob("keyset*"))
@@ -221,6 +245,69 @@ def test_the_trained_model_enters_and_scores_in_an_encrypted_round(job, trained)
     assert np.corrcoef(predictions.loc[live.index], clear)[0, 1] > 0.99
     results = fund.score("r1", job["paths"]["live_targets"], live=live)
     assert np.isfinite(results.scores.loc["sgd-model", "corr"])
+
+
+def test_a_job_opened_by_an_earlier_version_is_imported_once(job, tmp_path):
+    """Jobs used to keep their record in training/<job>/job.json: the first lookup imports it
+    into the registry, which keeps it from then on."""
+    spec, spec_path = job["spec"], job["root"] / "job" / TRAINING_SPEC_FILE
+    training = FundTraining(tmp_path / "fund", tmp_path / "keys")
+    legacy = {
+        "done": "decrypted: weights ready to return",
+        "failed": "refused: non-finite weights",
+        "waiting": "awaiting result",
+    }
+    for job_id, status in legacy.items():
+        folder = training.job_dir(job_id)
+        folder.mkdir(parents=True)
+        shutil.copy(spec_path, folder / "training_spec.json")
+        info = {
+            "job_id": job_id, "name": spec.name, "opened_at": "2026-01-02T03:04:05Z",
+            "status": status, "key_set_id": "0" * 32, "spec_sha256": spec.sha256(),
+            "bundle_sha256": "b" * 64, "n_samples": 80, "positive_share": 0.4875,
+            "iterations": STEPS,
+        }  # fmt: skip
+        (folder / "job.json").write_text(json.dumps(info, indent=1))
+    records = {job_id: training.job_record(job_id) for job_id in legacy}
+    assert {j: (r.status, r.detail) for j, r in records.items()} == {
+        "done": (TrainingJobStatus.DECRYPTED, None),
+        "failed": (TrainingJobStatus.REFUSED, "non-finite weights"),
+        "waiting": (TrainingJobStatus.AWAITING, None),
+    }
+    done = records["done"]
+    assert done.opened_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert (done.n_samples, done.iterations, done.participant) == (80, STEPS, None)
+    # The registry keeps the job from now on: the file is left as it was, and no longer read.
+    (training.job_dir("done") / "job.json").write_text(json.dumps({**info, "status": "x"}))
+    assert FundTraining(tmp_path / "fund", tmp_path / "keys").job_record("done") == done
+    # Its record binds results as job.json did, before any decryption.
+    result = tmp_path / "result"
+    write_artifact(
+        result, TRAINING_RESULT, blobs={WEIGHTS: b"w", BIAS: b"b"}, round_id="done",
+        model=spec.name, key_set_id="0" * 32, spec_sha256=spec.sha256(), bundle_sha256="b" * 64,
+        n_rows=STEPS * BATCH, n_batches=STEPS, batch_size=BATCH, versions={},
+    )  # fmt: skip
+    with pytest.raises(RegistryError, match="received already"):
+        training.receive("done", result)
+    with pytest.raises(FundError, match="does not match training job 'waiting'"):
+        training.receive("waiting", result)
+    assert not (training.job_dir("done") / "result").exists()
+    with pytest.raises(FundError, match="open already"):
+        training.open_job("done", spec_path, job["train"])
+    with pytest.raises(FundError, match="never opened"):
+        training.job_record("nothing")
+
+
+def test_the_training_commands_take_the_funds_database(job, tmp_path):
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    result = cli("fund", "receive-training", "j0", "result", "--database", url, cwd=tmp_path)
+    assert result.returncode == 2 and "training job 'j0' was never opened" in result.stderr
+    assert (tmp_path / "elsewhere.db").is_file() and not (tmp_path / "fund" / "fund.db").exists()
+    result = cli("fund", "open-training", "j0", job["root"] / "job" / TRAINING_SPEC_FILE,
+                 "--data", job["paths"]["train"], "--participant", "nobody", "--database", url,
+                 cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "'nobody' is not registered" in result.stderr
+    assert not (tmp_path / "keys").exists(), "keys were made for a job that cannot be recorded"
 
 
 def test_training_specs_are_validated(job, tmp_path):

@@ -6,9 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fhe_toolkit.registry import Registry
+from fhe_toolkit.registry import NewBundle, Registry
 
 KEY_A, KEY_B = b"a" * 32, b"b" * 32
+
+
+def new_bundle(model: str) -> NewBundle:
+    """A made-up bundle of one batch of one row."""
+    return NewBundle(model, key_set_id="0" * 32, bundle_sha256="1" * 64, batch_ids=[["x"]])
 
 
 def registry_with_models(url: str) -> Registry:
@@ -23,16 +28,13 @@ def registry_with_models(url: str) -> Registry:
 def play_round(registry: Registry, name: str, results: dict[str, tuple[float, float]]) -> None:
     """Open a round for both models, take a submission from each, resolve it with the given
     (corr, mmc) per model: payout = stake · clip(0.5·corr + 2·mmc, ±0.05)."""
-    bundles = [
-        {"model": m, "key_set_id": "0" * 32, "bundle_sha256": "1" * 64, "batch_ids": [["x"]]}
-        for m in results
-    ]
-    registry.create_round(name, 1, None, bundles)
+    registry.create_round(name, 1, None, [new_bundle(m) for m in results])
     for model in results:
         registry.accept_submission(
             name, model, f"{name}{model}".ljust(64, "0"), registry.owner(model)
         )
-    stakes = {m: registry.round_info(name)["models"][m]["stake"] for m in results}
+    bundles = registry.round_record(name).bundles
+    stakes = {m: bundles[m].stake for m in results}
     payouts = pd.DataFrame(
         {
             m: {"corr": c, "mmc": x, "score": 0.5 * c + 2 * x,

@@ -1,11 +1,13 @@
 """``fhe-toolkit``: a thin command line over the Python API.
 
-Every command's expected errors come out as one clear message (no traceback) and exit status 2.
+Every command's expected errors come out as one clear message (no traceback) and exit status 2;
+``fhe-toolkit --verbose COMMAND`` adds what caused it, down to the first cause.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -28,8 +30,8 @@ from fhe_toolkit import __version__
 from fhe_toolkit.errors import FheToolkitError
 
 F = TypeVar("F", bound=Callable[..., Any])
-# A wider table than the 80 columns rich assumes when output is piped (CI logs, files).
-console = Console(width=None if sys.stdout.isatty() else 120)
+# Piped output (CI logs, files) keeps its lines whole instead of folding them at 80 columns.
+console = Console(soft_wrap=not sys.stdout.isatty())
 
 
 class ToolkitClickError(click.ClickException):
@@ -37,16 +39,34 @@ class ToolkitClickError(click.ClickException):
 
 
 def friendly_errors(func: F) -> F:
-    """Turn the toolkit's own errors into a one-line CLI error instead of a traceback."""
+    """Turn the toolkit's own errors into a one-line CLI error instead of a traceback; with
+    ``--verbose``, the line is followed by the chain of causes."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
         except FheToolkitError as exc:
-            raise ToolkitClickError(str(exc)) from exc
+            root = click.get_current_context().find_root()
+            verbose = bool(root.params.get("verbose"))
+            raise ToolkitClickError(_describe(exc) if verbose else str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def _describe(error: BaseException) -> str:
+    """The error, then each cause below it with where it was raised. Causes hidden with
+    ``raise ... from None`` are shown too: they are what ``--verbose`` is asked for."""
+    lines = [str(error)]
+    seen = {id(error)}
+    cause = error.__cause__ or error.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        frames = traceback.extract_tb(cause.__traceback__)
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        lines.append(f"  caused by {type(cause).__name__}: {cause}{where}")
+        cause = cause.__cause__ or cause.__context__
+    return "\n".join(lines)
 
 
 class RateColumn(ProgressColumn):
@@ -83,7 +103,10 @@ def progress_bar(unit: str) -> Progress:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fhe-toolkit")
-def main() -> None:
+@click.option(
+    "--verbose", "-v", is_flag=True, help="On an error, also show what caused it, cause by cause."
+)
+def main(verbose: bool) -> None:
     """Numerai-style tournaments on encrypted data.
 
     The fund encrypts its live features with FHE; participants run their quantized models on

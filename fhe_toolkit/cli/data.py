@@ -10,6 +10,8 @@ import click
 import pandas as pd
 
 from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
+from fhe_toolkit.cli.display import print_frame
+from fhe_toolkit.cli.options import features_json_option, out_dir_option
 from fhe_toolkit.data import (
     SynthConfig,
     load_features_json,
@@ -19,7 +21,6 @@ from fhe_toolkit.data import (
 )
 from fhe_toolkit.data.io import FEATURES_JSON
 from fhe_toolkit.scoring import by_model, score_eras, summarize
-from fhe_toolkit.tables import print_frame
 
 
 @click.group()
@@ -86,11 +87,7 @@ def data_synth(out_dir: Path, **settings: Any) -> None:
 @click.option(
     "--feature-set", help="Check only this set from features.json (default: all feature_* columns)."
 )
-@click.option(
-    "--features-json",
-    type=click.Path(path_type=Path),
-    help=f"Path to features.json (default: {FEATURES_JSON} beside PATH).",
-)
+@features_json_option("PATH")
 @friendly_errors
 def data_validate(path: Path, feature_set: str | None, features_json: Path | None) -> None:
     """Check that a parquet file follows the Numerai format.
@@ -137,23 +134,14 @@ def data_validate(path: Path, feature_set: str | None, features_json: Path | Non
 @click.option(
     "--fnc-feature-set", help="FNC features: a set from features.json (default: as exposure)."
 )
-@click.option(
-    "--features-json",
-    type=click.Path(path_type=Path),
-    help=f"Path to features.json (default: {FEATURES_JSON} beside --data).",
-)
+@features_json_option("--data")
 @click.option(
     "--exposure-method",
     type=click.Choice(["spearman", "pearson"]),
     default="spearman",
     show_default=True,
 )
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Write per_era.csv and summary.csv here.",
-)
+@out_dir_option("Write per_era.csv and summary.csv here.", required=False)
 @friendly_errors
 def score(
     predictions_path: Path,

@@ -10,19 +10,15 @@ import pandas as pd
 from rich.progress import TaskID
 
 from fhe_toolkit.cli import console, friendly_errors, progress_bar
+from fhe_toolkit.cli.display import print_frame
+from fhe_toolkit.cli.options import out_dir_option, workers_option
 from fhe_toolkit.demo import DEMO_DATA, PARTICIPANTS, run_demo, steps_table
-from fhe_toolkit.leaderboard import SUMMARY_COLUMNS
-from fhe_toolkit.tables import print_frame
+from fhe_toolkit.fund.leaderboard import SUMMARY_COLUMNS
 
 
 @click.command()
-@click.option(
-    "--out",
-    "out_dir",
-    default="fhe_demo",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where the demo writes its data, fund, keys and participants (replaced).",
+@out_dir_option(
+    "Where the demo writes its data, fund, keys and participants (replaced).", default="fhe_demo"
 )
 @click.option(
     "--live-rows",
@@ -30,7 +26,7 @@ from fhe_toolkit.tables import print_frame
     show_default=True,
     help="Rows per era (so live rows per round, each encrypted and run in FHE).",
 )
-@click.option("--workers", type=int, help="Worker processes for FHE (default: one per core).")
+@workers_option("FHE")
 @friendly_errors
 def demo(out_dir: Path, live_rows: int, workers: int | None) -> None:
     """Run a tournament of three rounds in real FHE (encrypt, execute, decrypt), scored and paid.

@@ -12,11 +12,11 @@ import click
 import pandas as pd
 
 from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
+from fhe_toolkit.cli.display import print_frame
 from fhe_toolkit.data import load_tournament
 from fhe_toolkit.fund import Fund, fund_benchmark
-from fhe_toolkit.identity import public_key_path
-from fhe_toolkit.leaderboard import SORT_KEYS, SUMMARY_COLUMNS
-from fhe_toolkit.tables import print_frame
+from fhe_toolkit.fund.leaderboard import SORT_KEYS, SUMMARY_COLUMNS
+from fhe_toolkit.protocol.signing import public_key_path
 
 fund_dir_option = click.option(
     "--fund-dir", default="fund", show_default=True,
@@ -223,14 +223,19 @@ def status(fund: Fund, round_id: str | None) -> None:
         else:
             print_frame(rounds.astype(str), "Rounds", console)
         return
-    info = fund.round_info(round_id)
+    record = fund.round_record(round_id)
     frame = {
-        m: {"status": e["status"], "stake": f"{e['stake']:g}", "key set": e["key_set_id"][:12]}
-        for m, e in info["models"].items()
+        model: {
+            "status": bundle.status.value,
+            "detail": bundle.detail or "",
+            "stake": f"{bundle.stake:g}",
+            "key set": bundle.key_set_id[:12],
+        }
+        for model, bundle in record.bundles.items()
     }
     print_frame(
         pd.DataFrame(frame).T.rename_axis("model"),
-        f"Round {round_id}: {info['status']}, {info['n_rows']:,} live rows",
+        f"Round {round_id}: {record.status}, {record.n_rows:,} live rows",
         console,
     )
 
@@ -304,7 +309,7 @@ def leaderboard(fund: Fund, sort_by: str) -> None:
 @with_fund
 def report(fund: Fund, out_path: Path) -> None:
     """Write the tournament report: one self-contained HTML file that renders offline."""
-    from fhe_toolkit.report import write_report
+    from fhe_toolkit.fund.report import write_report
 
     write_report(fund.db, out_path)
     console.print(f"report written to {out_path}")

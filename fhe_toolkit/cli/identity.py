@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from fhe_toolkit.cli import console, friendly_errors
-from fhe_toolkit.identity import create_identity, public_key_path
+from fhe_toolkit.protocol.signing import create_identity, public_key_path
 
 
 @click.group()

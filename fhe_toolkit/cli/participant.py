@@ -10,9 +10,16 @@ import pandas as pd
 
 from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
 from fhe_toolkit.cli.data import read_predictions
+from fhe_toolkit.cli.display import print_frame
+from fhe_toolkit.cli.options import (
+    features_json_option,
+    out_dir_option,
+    train_option,
+    validation_option,
+    workers_option,
+)
 from fhe_toolkit.data import load_features_json, load_tournament
 from fhe_toolkit.data.io import FEATURES_JSON
-from fhe_toolkit.families import FAMILIES
 from fhe_toolkit.participant import (
     SPEC_FILE,
     compile_model,
@@ -21,7 +28,7 @@ from fhe_toolkit.participant import (
     run_bundle,
     train_model,
 )
-from fhe_toolkit.tables import print_frame
+from fhe_toolkit.protocol.families import FAMILIES
 
 
 @click.group()
@@ -52,13 +59,7 @@ def families() -> None:
 
 
 @participant.command("train")
-@click.option(
-    "--train",
-    "train_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Numerai-format training parquet (released training eras).",
-)
+@train_option("Numerai-format training parquet (released training eras).")
 @click.option(
     "--family",
     required=True,
@@ -66,28 +67,13 @@ def families() -> None:
     help="Model family; see `fhe-toolkit participant families`.",
 )
 @click.option("--name", required=True, help="Model name the fund will know it by (a-z, 0-9, _ -).")
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="New directory for the model (spec, deployment, training record).",
-)
+@out_dir_option("New directory for the model (spec, deployment, training record).")
 @click.option(
     "--feature-set", default="small", show_default=True, help="Feature set from features.json."
 )
-@click.option(
-    "--features-json",
-    type=click.Path(path_type=Path),
-    help=f"Path to features.json (default: {FEATURES_JSON} beside --train).",
-)
+@features_json_option("--train")
 @click.option("--target", default="target", show_default=True)
-@click.option(
-    "--validation",
-    "validation_path",
-    type=click.Path(path_type=Path),
-    help="Validation parquet: score the model in clear, quantized and simulated FHE.",
-)
+@validation_option("Validation parquet: score the model in clear, quantized and simulated FHE.")
 @click.option(
     "--benchmark",
     "benchmark_path",
@@ -170,13 +156,7 @@ def train(
     type=click.Path(path_type=Path),
     help="The model directory written by `participant train`.",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Submission directory (also holds the checkpoint of an interrupted run).",
-)
+@out_dir_option("Submission directory (also holds the checkpoint of an interrupted run).")
 @click.option(
     "--identity",
     required=True,
@@ -187,7 +167,7 @@ def train(
     "--fund-key",
     help="The fund's public key (.pub file or hex): refuse a bundle the fund did not sign.",
 )
-@click.option("--workers", type=int, help="Worker processes (default: one per core).")
+@workers_option("FHE execution")
 @friendly_errors
 def run(
     bundle_dir: Path,

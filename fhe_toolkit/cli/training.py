@@ -15,11 +15,12 @@ import click
 import pandas as pd
 
 from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
-from fhe_toolkit.cli.fund import fund_dir_option, keys_option
+from fhe_toolkit.cli.display import print_frame
+from fhe_toolkit.cli.fund import database_option, fund_dir_option, keys_option
 from fhe_toolkit.data import load_features_json, load_tournament
-from fhe_toolkit.fund_training import WEIGHTS_FILE, FundTraining
-from fhe_toolkit.participant import SPEC_FILE, compile_model, diagnose, export_model
-from fhe_toolkit.participant_training import (
+from fhe_toolkit.fund.training import WEIGHTS_FILE, FundTraining
+from fhe_toolkit.participant.model import SPEC_FILE, compile_model, diagnose, export_model
+from fhe_toolkit.participant.training import (
     TRAINING_SPEC_FILE,
     TrainingJob,
     compile_training_job,
@@ -28,7 +29,6 @@ from fhe_toolkit.participant_training import (
     model_from_weights,
     run_training_bundle,
 )
-from fhe_toolkit.tables import print_frame
 
 
 @click.command("training-job")
@@ -217,22 +217,33 @@ def from_weights(
     type=click.Path(path_type=Path),
     help="The fund's rows to train on (Numerai-format parquet with the job's target).",
 )
+@click.option(
+    "--participant", help="The registered participant the job is for (kept in the records)."
+)
 @fund_dir_option
 @keys_option
+@database_option
 @friendly_errors
 def open_training(
-    job_id: str, spec_path: Path, data_path: Path, fund_dir: Path, key_dir: Path
+    job_id: str,
+    spec_path: Path,
+    data_path: Path,
+    participant: str | None,
+    fund_dir: Path,
+    key_dir: Path,
+    database: str | None,
 ) -> None:
     """Open training job JOB_ID for a participant's training_spec.json.
 
     Fresh keys for the job; the starting weights and every step's batch of features and labels
     encrypted. Hand the bundle directory to the participant.
     """
+    training = FundTraining(fund_dir, key_dir, database=database)
     data = load_tournament(data_path)
     with progress_bar("steps") as progress:
         task = progress.add_task("encrypting batches", total=None)
-        bundle = FundTraining(fund_dir, key_dir).open_job(
-            job_id, spec_path, data,
+        bundle = training.open_job(
+            job_id, spec_path, data, participant=participant,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )  # fmt: skip
     console.print(f"training bundle: {bundle}; hand it to the participant")
@@ -243,14 +254,17 @@ def open_training(
 @click.argument("result_dir", type=click.Path(path_type=Path))
 @fund_dir_option
 @keys_option
+@database_option
 @friendly_errors
-def receive_training(job_id: str, result_dir: Path, fund_dir: Path, key_dir: Path) -> None:
+def receive_training(
+    job_id: str, result_dir: Path, fund_dir: Path, key_dir: Path, database: str | None
+) -> None:
     """Check a training result, decrypt the weights once (then retire the keys), write them.
 
     Refused before decryption: a tampered or truncated file, another job or bundle, a result
     received already.
     """
-    training = FundTraining(fund_dir, key_dir)
+    training = FundTraining(fund_dir, key_dir, database=database)
     weights = training.receive(job_id, result_dir)
     table = pd.DataFrame(
         {"weight": [*weights.coef, weights.intercept]},

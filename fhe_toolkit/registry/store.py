@@ -7,7 +7,7 @@ method is one transaction: it happens whole or not at all, whatever kills the pr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,26 +20,32 @@ from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from fhe_toolkit.errors import FundError
+from fhe_toolkit.errors import RegistryError
+from fhe_toolkit.registry.records import (
+    BundleRecord,
+    NewBundle,
+    NewTrainingJob,
+    RoundRecord,
+    RoundStatus,
+    SubmissionStatus,
+    TrainingJobRecord,
+    TrainingJobStatus,
+)
 from fhe_toolkit.registry.tables import (
-    Bundle,
-    Correlation,
-    Model,
-    ModelVersion,
-    Participant,
-    Payout,
-    Round,
-    Score,
-    StakeEvent,
-    Submission,
+    BundleRow,
+    CorrelationRow,
+    ModelRow,
+    ModelVersionRow,
+    ParticipantRow,
+    PayoutRow,
+    RoundRow,
+    ScoreRow,
+    StakeEventRow,
+    SubmissionRow,
+    TrainingJobRow,
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-ACCEPTED = "accepted: decrypting"
-
-
-class RegistryError(FundError):
-    """A record that does not exist, exists already, or cannot change as asked."""
 
 
 def migrations_config(connection: Any = None) -> Config:
@@ -68,7 +74,9 @@ def connect(url: str) -> Engine:
 
 
 class Registry:
-    """Participants, models, stakes, rounds, submissions, scores and payouts."""
+    """Participants, models, stakes, rounds, submissions, scores, payouts and encrypted
+    training jobs. What it hands out and takes are the records of
+    :mod:`fhe_toolkit.registry.records`, or data frames for tables of results."""
 
     def __init__(self, url: str) -> None:
         self.engine = connect(url)
@@ -87,7 +95,7 @@ class Registry:
     # --- participants and models --------------------------------------------------------
     def add_participant(self, name: str, public_key: bytes) -> None:
         with self.session() as s:
-            known = s.scalar(select(Participant).where(Participant.name == name))
+            known = s.scalar(select(ParticipantRow).where(ParticipantRow.name == name))
             if known is not None:
                 if known.public_key == public_key:
                     return
@@ -95,17 +103,17 @@ class Registry:
                     f"participant {name!r} is registered with another public key; a participant "
                     "keeps its identity (register a new name for a new key)."
                 )
-            s.add(Participant(name=name, public_key=public_key, created_at=_now()))
+            s.add(ParticipantRow(name=name, public_key=public_key, created_at=_now()))
 
     def participant_keys(self) -> dict[str, bytes]:
         with self.session() as s:
-            return {p.name: p.public_key for p in s.scalars(select(Participant))}
+            return {p.name: p.public_key for p in s.scalars(select(ParticipantRow))}
 
     def owner(self, model: str) -> str:
         """The name of the participant who owns ``model``."""
         with self.session() as s:
             found = self._model(s, model)
-            return s.get_one(Participant, found.participant_id).name
+            return s.get_one(ParticipantRow, found.participant_id).name
 
     def register_model(
         self,
@@ -121,9 +129,9 @@ class Registry:
         version. Re-registering the same spec changes nothing but the stake."""
         with self.session() as s:
             owner = self._participant(s, participant)
-            model = s.scalar(select(Model).where(Model.name == name))
+            model = s.scalar(select(ModelRow).where(ModelRow.name == name))
             if model is None:
-                model = Model(
+                model = ModelRow(
                     name=name,
                     participant_id=owner.id,
                     target=target,
@@ -144,7 +152,7 @@ class Registry:
             if latest is None or latest.spec_sha256 != spec_sha256:
                 version += 1
                 s.add(
-                    ModelVersion(
+                    ModelVersionRow(
                         model_id=model.id,
                         version=version,
                         family=family,
@@ -173,12 +181,12 @@ class Registry:
         """One row per model: owner, family, target, stake, version, registered_at."""
         with self.session() as s:
             rows = []
-            for model in s.scalars(select(Model).order_by(Model.name)):
+            for model in s.scalars(select(ModelRow).order_by(ModelRow.name)):
                 latest = self._latest_version(s, model.id)
                 rows.append(
                     {
                         "model": model.name,
-                        "participant": s.get_one(Participant, model.participant_id).name,
+                        "participant": s.get_one(ParticipantRow, model.participant_id).name,
                         "family": latest.family if latest else None,
                         "target": model.target,
                         "stake": model.stake,
@@ -190,99 +198,115 @@ class Registry:
 
     # --- rounds -------------------------------------------------------------------------
     def create_round(
-        self, name: str, n_rows: int, deadline: datetime | None, bundles: list[dict[str, Any]]
+        self, name: str, n_rows: int, deadline: datetime | None, bundles: Sequence[NewBundle]
     ) -> None:
-        """Record an opened round and its bundles (``model``, ``key_set_id``,
-        ``bundle_sha256``, ``batch_ids``); each bundle keeps its model's current stake."""
+        """Record an opened round and its bundles; each bundle keeps its model's latest spec
+        version and current stake, and awaits its submission."""
         with self.session() as s:
-            if s.scalar(select(Round).where(Round.name == name)) is not None:
+            if s.scalar(select(RoundRow).where(RoundRow.name == name)) is not None:
                 raise RegistryError(f"round {name!r} exists already.")
-            record = Round(
-                name=name, status="open", n_rows=n_rows, opened_at=_now(), deadline=deadline
+            record = RoundRow(
+                name=name,
+                status=RoundStatus.OPEN,
+                n_rows=n_rows,
+                opened_at=_now(),
+                deadline=deadline,
             )
             s.add(record)
             s.flush()
             for bundle in bundles:
-                model = self._model(s, bundle["model"])
+                model = self._model(s, bundle.model)
                 latest = self._latest_version(s, model.id)
                 if latest is None:
                     raise RegistryError(f"model {model.name!r} has no registered spec.")
                 s.add(
-                    Bundle(
+                    BundleRow(
                         round_id=record.id,
                         model_id=model.id,
                         model_version_id=latest.id,
-                        key_set_id=bundle["key_set_id"],
-                        bundle_sha256=bundle["bundle_sha256"],
+                        key_set_id=bundle.key_set_id,
+                        bundle_sha256=bundle.bundle_sha256,
                         stake=model.stake,
-                        batch_ids=bundle["batch_ids"],
-                        status="awaiting submission",
+                        batch_ids=[list(batch) for batch in bundle.batch_ids],
+                        status=SubmissionStatus.AWAITING,
                     )
                 )
 
     def has_round(self, name: str) -> bool:
         with self.session() as s:
-            return s.scalar(select(Round).where(Round.name == name)) is not None
+            return s.scalar(select(RoundRow).where(RoundRow.name == name)) is not None
 
-    def round_info(self, name: str) -> dict[str, Any]:
-        """The round's state, and per model its bundle: key set, hashes, stake, status."""
+    def round_record(self, name: str) -> RoundRecord:
+        """The round's state, and per model its bundle: spec version, key set, hashes, stake,
+        where its submission stands."""
         with self.session() as s:
             record = self._round(s, name)
-            models = {}
-            for bundle, model, version in s.execute(
-                select(Bundle, Model, ModelVersion)
-                .join(Model, Bundle.model_id == Model.id)
-                .join(ModelVersion, Bundle.model_version_id == ModelVersion.id)
-                .where(Bundle.round_id == record.id)
-            ):
-                models[model.name] = {
-                    "key_set_id": bundle.key_set_id,
-                    "bundle_sha256": bundle.bundle_sha256,
-                    "spec_sha256": version.spec_sha256,
-                    "spec_json": version.spec_json,
-                    "stake": bundle.stake,
-                    "batch_ids": bundle.batch_ids,
-                    "status": bundle.status,
-                }
-            return {
-                "round_id": record.name,
-                "status": record.status,
-                "n_rows": record.n_rows,
-                "opened_at": record.opened_at,
-                "deadline": record.deadline,
-                "models": models,
+            bundles = {
+                model.name: BundleRecord(
+                    model=model.name,
+                    version=version.version,
+                    key_set_id=bundle.key_set_id,
+                    spec_sha256=version.spec_sha256,
+                    spec_json=version.spec_json,
+                    bundle_sha256=bundle.bundle_sha256,
+                    batch_ids=tuple(tuple(batch) for batch in bundle.batch_ids),
+                    stake=bundle.stake,
+                    status=bundle.status,
+                    detail=bundle.detail,
+                )
+                for bundle, model, version in s.execute(
+                    select(BundleRow, ModelRow, ModelVersionRow)
+                    .join(ModelRow, BundleRow.model_id == ModelRow.id)
+                    .join(ModelVersionRow, BundleRow.model_version_id == ModelVersionRow.id)
+                    .where(BundleRow.round_id == record.id)
+                    .order_by(ModelRow.name)
+                )
             }
+            return RoundRecord(
+                name=record.name,
+                status=record.status,
+                n_rows=record.n_rows,
+                opened_at=_aware(record.opened_at),
+                deadline=_maybe_aware(record.deadline),
+                closed_at=_maybe_aware(record.closed_at),
+                resolved_at=_maybe_aware(record.resolved_at),
+                bundles=bundles,
+            )
 
     def rounds(self) -> pd.DataFrame:
         with self.session() as s:
             rows = [
                 {
                     "round": r.name,
-                    "status": r.status,
+                    "status": r.status.value,
                     "rows": r.n_rows,
                     "opened_at": r.opened_at,
                     "deadline": r.deadline,
                     "resolved_at": r.resolved_at,
                 }
-                for r in s.scalars(select(Round).order_by(Round.id))
+                for r in s.scalars(select(RoundRow).order_by(RoundRow.id))
             ]
         return pd.DataFrame(rows).set_index("round") if rows else pd.DataFrame()
 
     def accept_submission(
         self, round_name: str, model: str, manifest_sha256: str, signer: str
     ) -> None:
-        """Record a submission before it is decrypted; refuse a second one for the bundle, or
-        one after the round closed or its deadline passed. The same submission again, while
-        its decryption never finished (the fund was cut off), is accepted again."""
+        """Record a submission before it is decrypted (its bundle is then
+        :attr:`~SubmissionStatus.DECRYPTING`); refuse a second one for the bundle, or one after
+        the round closed or its deadline passed. The same submission again, while its
+        decryption never finished (the fund was cut off), is accepted again."""
         with self.session() as s:
             record = self._round(s, round_name)
             bundle = self._bundle(s, record, model)
-            earlier = s.scalar(select(Submission).where(Submission.bundle_id == bundle.id))
+            earlier = s.scalar(select(SubmissionRow).where(SubmissionRow.bundle_id == bundle.id))
             if earlier is not None:
-                if earlier.manifest_sha256 == manifest_sha256 and bundle.status == ACCEPTED:
+                if (
+                    earlier.manifest_sha256 == manifest_sha256
+                    and bundle.status == SubmissionStatus.DECRYPTING
+                ):
                     return
                 raise _received_already(model, round_name)
-            if record.status != "open":
+            if record.status != RoundStatus.OPEN:
                 raise RegistryError(
                     f"round {round_name!r} is {record.status}: it takes no more submissions."
                 )
@@ -291,29 +315,34 @@ class Registry:
                     f"round {round_name!r} stopped taking submissions at {record.deadline}."
                 )
             s.add(
-                Submission(
+                SubmissionRow(
                     bundle_id=bundle.id,
                     manifest_sha256=manifest_sha256,
                     signed_by=self._participant(s, signer).id,
                     received_at=_now(),
                 )
             )
-            bundle.status = ACCEPTED
+            bundle.status, bundle.detail = SubmissionStatus.DECRYPTING, None
             try:
                 s.flush()
             except IntegrityError:  # the same submission, received at the same moment
                 raise _received_already(model, round_name) from None
 
-    def set_status(self, round_name: str, model: str, status: str) -> None:
+    def set_submission_status(
+        self, round_name: str, model: str, status: SubmissionStatus, detail: str | None = None
+    ) -> None:
+        """Record where ``model``'s submission to the round stands, with an optional message
+        (``detail``) that goes with it."""
         with self.session() as s:
-            self._bundle(s, self._round(s, round_name), model).status = status
+            bundle = self._bundle(s, self._round(s, round_name), model)
+            bundle.status, bundle.detail = SubmissionStatus(status), detail
 
     def close_round(self, name: str) -> None:
         with self.session() as s:
             record = self._round(s, name)
-            if record.status != "open":
+            if record.status != RoundStatus.OPEN:
                 raise RegistryError(f"round {name!r} is {record.status} already.")
-            record.status, record.closed_at = "closed", _now()
+            record.status, record.closed_at = RoundStatus.CLOSED, _now()
 
     def record_results(
         self,
@@ -333,13 +362,13 @@ class Registry:
         """
         with self.session() as s:
             record = self._round(s, round_name)
-            if record.status == "resolved":
+            if record.status == RoundStatus.RESOLVED:
                 raise RegistryError(f"round {round_name!r} is resolved already.")
-            if record.status == "open":
-                record.status, record.closed_at = "closed", _now()
-            models = {m.name: m for m in s.scalars(select(Model))}
+            if record.status == RoundStatus.OPEN:
+                record.status, record.closed_at = RoundStatus.CLOSED, _now()
+            models = {m.name: m for m in s.scalars(select(ModelRow))}
             s.add_all(
-                Score(
+                ScoreRow(
                     round_id=record.id,
                     model_id=models[row.model].id,
                     target=row.target,
@@ -349,11 +378,11 @@ class Registry:
                 )
                 for row in per_era.itertuples()
             )
-            paid: dict[str, Payout] = {}
+            paid: dict[str, PayoutRow] = {}
             for name, row in payouts.iterrows():
                 model = models[str(name)]
                 bundle = self._bundle(s, record, model.name)
-                paid[model.name] = Payout(
+                paid[model.name] = PayoutRow(
                     round_id=record.id,
                     model_id=model.id,
                     stake=bundle.stake,
@@ -366,10 +395,10 @@ class Registry:
                 kind = "payout" if row["payout"] >= 0 else "burn"
                 self._set_stake(s, model, model.stake + float(row["payout"]), kind, record.id)
             s.add_all(
-                Correlation(round_id=record.id, first=str(a), second=str(b), value=_number(v))
+                CorrelationRow(round_id=record.id, first=str(a), second=str(b), value=_number(v))
                 for (a, b), v in correlations.stack(dropna=False).items()
             )
-            record.status, record.resolved_at = "resolved", _now()
+            record.status, record.resolved_at = RoundStatus.RESOLVED, _now()
             s.flush()
             out = []
             for name, payout in paid.items():
@@ -383,25 +412,133 @@ class Registry:
                 )
         return pd.DataFrame(out).set_index("model")
 
+    # --- encrypted training jobs --------------------------------------------------------
+    def has_training_job(self, job_id: str) -> bool:
+        with self.session() as s:
+            return self._find_job(s, job_id) is not None
+
+    def open_training_job(self, job: NewTrainingJob) -> None:
+        """Record a training job whose bundle was just encrypted: it awaits its result."""
+        record = TrainingJobRecord(
+            job_id=job.job_id,
+            name=job.name,
+            participant=job.participant,
+            status=TrainingJobStatus.AWAITING,
+            detail=None,
+            key_set_id=job.key_set_id,
+            spec_sha256=job.spec_sha256,
+            bundle_sha256=job.bundle_sha256,
+            n_samples=job.n_samples,
+            positive_share=job.positive_share,
+            iterations=job.iterations,
+            opened_at=_now(),
+        )
+        with self.session() as s:
+            if self._find_job(s, job.job_id) is not None:
+                raise RegistryError(f"training job {job.job_id!r} exists already.")
+            self._add_training_job(s, record)
+
+    def import_training_job(self, job: TrainingJobRecord) -> bool:
+        """Record a job as it stands (one opened before jobs were kept here); a job recorded
+        already is left as it is. Returns whether it was recorded now."""
+        with self.session() as s:
+            if self._find_job(s, job.job_id) is not None:
+                return False
+            self._add_training_job(s, job)
+            return True
+
+    def training_job(self, job_id: str) -> TrainingJobRecord:
+        with self.session() as s:
+            found = self._job(s, job_id)
+            owner = (
+                None
+                if found.participant_id is None
+                else s.get_one(ParticipantRow, found.participant_id).name
+            )
+            return TrainingJobRecord(
+                job_id=found.job_id,
+                name=found.name,
+                participant=owner,
+                status=found.status,
+                detail=found.detail,
+                key_set_id=found.key_set_id,
+                spec_sha256=found.spec_sha256,
+                bundle_sha256=found.bundle_sha256,
+                n_samples=found.n_samples,
+                positive_share=found.positive_share,
+                iterations=found.iterations,
+                opened_at=_aware(found.opened_at),
+                received_at=_maybe_aware(found.received_at),
+                result_sha256=found.result_sha256,
+            )
+
+    def accept_training_result(self, job_id: str, result_sha256: str) -> None:
+        """Record a job's result before it is decrypted (the job is then
+        :attr:`~TrainingJobStatus.DECRYPTING`); refuse a second one. The same result again,
+        while its decryption never finished (the fund was cut off), is accepted again."""
+        with self.session() as s:
+            job = self._job(s, job_id)
+            again = job.status == TrainingJobStatus.DECRYPTING and job.result_sha256 in (
+                None,  # a job imported from job.json, cut off after keeping its result
+                result_sha256,
+            )
+            if job.status != TrainingJobStatus.AWAITING and not again:
+                raise RegistryError(f"the result of training job {job_id!r} was received already.")
+            job.status, job.detail = TrainingJobStatus.DECRYPTING, None
+            job.received_at, job.result_sha256 = _now(), result_sha256
+
+    def set_training_status(
+        self, job_id: str, status: TrainingJobStatus, detail: str | None = None
+    ) -> None:
+        """Record where the training job stands, with an optional message (``detail``)."""
+        with self.session() as s:
+            job = self._job(s, job_id)
+            job.status, job.detail = TrainingJobStatus(status), detail
+
+    def _add_training_job(self, s: Session, job: TrainingJobRecord) -> None:
+        participant = None if job.participant is None else self._participant(s, job.participant)
+        s.add(
+            TrainingJobRow(
+                job_id=job.job_id,
+                name=job.name,
+                participant_id=None if participant is None else participant.id,
+                status=TrainingJobStatus(job.status),
+                detail=job.detail,
+                key_set_id=job.key_set_id,
+                spec_sha256=job.spec_sha256,
+                bundle_sha256=job.bundle_sha256,
+                n_samples=job.n_samples,
+                positive_share=job.positive_share,
+                iterations=job.iterations,
+                opened_at=job.opened_at,
+                received_at=job.received_at,
+                result_sha256=job.result_sha256,
+            )
+        )
+        try:
+            s.flush()
+        except IntegrityError:  # recorded at the same moment by another process
+            raise RegistryError(f"training job {job.job_id!r} exists already.") from None
+
     # --- reading results ----------------------------------------------------------------
     def payouts(self) -> pd.DataFrame:
         """Every resolved round's payouts: round, model, stake, corr, mmc, score, payout,
         reputation, in round order."""
         query = (
             select(
-                Round.name.label("round"),
-                Round.id.label("round_order"),
-                Model.name.label("model"),
-                Payout.stake,
-                Payout.corr,
-                Payout.mmc,
-                Payout.score,
-                Payout.payout,
-                Payout.reputation,
+                RoundRow.name.label("round"),
+                RoundRow.id.label("round_order"),
+                ModelRow.name.label("model"),
+                PayoutRow.stake,
+                PayoutRow.corr,
+                PayoutRow.mmc,
+                PayoutRow.score,
+                PayoutRow.payout,
+                PayoutRow.reputation,
             )
-            .join(Round, Payout.round_id == Round.id)
-            .join(Model, Payout.model_id == Model.id)
-            .order_by(Round.id, Model.name)
+            .join(RoundRow, PayoutRow.round_id == RoundRow.id)
+            .join(ModelRow, PayoutRow.model_id == ModelRow.id)
+            .order_by(RoundRow.id, ModelRow.name)
         )
         return self._frame(query)
 
@@ -409,47 +546,47 @@ class Registry:
         """Every per-era score: round, model, target, era, metric, value."""
         query = (
             select(
-                Round.name.label("round"),
-                Round.id.label("round_order"),
-                Model.name.label("model"),
-                Score.target,
-                Score.era,
-                Score.metric,
-                Score.value,
+                RoundRow.name.label("round"),
+                RoundRow.id.label("round_order"),
+                ModelRow.name.label("model"),
+                ScoreRow.target,
+                ScoreRow.era,
+                ScoreRow.metric,
+                ScoreRow.value,
             )
-            .join(Round, Score.round_id == Round.id)
-            .join(Model, Score.model_id == Model.id)
-            .order_by(Round.id, Model.name, Score.era)
+            .join(RoundRow, ScoreRow.round_id == RoundRow.id)
+            .join(ModelRow, ScoreRow.model_id == ModelRow.id)
+            .order_by(RoundRow.id, ModelRow.name, ScoreRow.era)
         )
         return self._frame(query)
 
     def correlations(self) -> pd.DataFrame:
         query = (
             select(
-                Round.name.label("round"),
-                Round.id.label("round_order"),
-                Correlation.first,
-                Correlation.second,
-                Correlation.value,
+                RoundRow.name.label("round"),
+                RoundRow.id.label("round_order"),
+                CorrelationRow.first,
+                CorrelationRow.second,
+                CorrelationRow.value,
             )
-            .join(Round, Correlation.round_id == Round.id)
-            .order_by(Round.id)
+            .join(RoundRow, CorrelationRow.round_id == RoundRow.id)
+            .order_by(RoundRow.id)
         )
         return self._frame(query)
 
     def stake_history(self) -> pd.DataFrame:
         query = (
             select(
-                Model.name.label("model"),
-                StakeEvent.kind,
-                StakeEvent.amount,
-                StakeEvent.balance,
-                StakeEvent.at,
-                Round.name.label("round"),
+                ModelRow.name.label("model"),
+                StakeEventRow.kind,
+                StakeEventRow.amount,
+                StakeEventRow.balance,
+                StakeEventRow.at,
+                RoundRow.name.label("round"),
             )
-            .join(Model, StakeEvent.model_id == Model.id)
-            .outerjoin(Round, StakeEvent.round_id == Round.id)
-            .order_by(StakeEvent.id)
+            .join(ModelRow, StakeEventRow.model_id == ModelRow.id)
+            .outerjoin(RoundRow, StakeEventRow.round_id == RoundRow.id)
+            .order_by(StakeEventRow.id)
         )
         return self._frame(query)
 
@@ -459,8 +596,8 @@ class Registry:
             return pd.read_sql(query, connection)
 
     @staticmethod
-    def _participant(s: Session, name: str) -> Participant:
-        found = s.scalar(select(Participant).where(Participant.name == name))
+    def _participant(s: Session, name: str) -> ParticipantRow:
+        found = s.scalar(select(ParticipantRow).where(ParticipantRow.name == name))
         if found is None:
             raise RegistryError(
                 f"participant {name!r} is not registered; see `fhe-toolkit fund add-participant`."
@@ -468,8 +605,8 @@ class Registry:
         return found
 
     @staticmethod
-    def _model(s: Session, name: str) -> Model:
-        found = s.scalar(select(Model).where(Model.name == name))
+    def _model(s: Session, name: str) -> ModelRow:
+        found = s.scalar(select(ModelRow).where(ModelRow.name == name))
         if found is None:
             raise RegistryError(
                 f"model {name!r} is not registered; see `fhe-toolkit fund register`."
@@ -477,33 +614,45 @@ class Registry:
         return found
 
     @staticmethod
-    def _round(s: Session, name: str) -> Round:
-        found = s.scalar(select(Round).where(Round.name == name))
+    def _round(s: Session, name: str) -> RoundRow:
+        found = s.scalar(select(RoundRow).where(RoundRow.name == name))
         if found is None:
             raise RegistryError(f"round {name!r} was never opened.")
         return found
 
-    def _bundle(self, s: Session, record: Round, model: str) -> Bundle:
+    @staticmethod
+    def _find_job(s: Session, job_id: str) -> TrainingJobRow | None:
+        return s.scalar(select(TrainingJobRow).where(TrainingJobRow.job_id == job_id))
+
+    def _job(self, s: Session, job_id: str) -> TrainingJobRow:
+        found = self._find_job(s, job_id)
+        if found is None:
+            raise RegistryError(f"training job {job_id!r} was never opened.")
+        return found
+
+    def _bundle(self, s: Session, record: RoundRow, model: str) -> BundleRow:
         found = s.scalar(
-            select(Bundle)
-            .join(Model, Bundle.model_id == Model.id)
-            .where(Bundle.round_id == record.id, Model.name == model)
+            select(BundleRow)
+            .join(ModelRow, BundleRow.model_id == ModelRow.id)
+            .where(BundleRow.round_id == record.id, ModelRow.name == model)
         )
         if found is None:
             raise RegistryError(f"model {model!r} has no bundle in round {record.name!r}.")
         return found
 
     @staticmethod
-    def _latest_version(s: Session, model_id: int) -> ModelVersion | None:
+    def _latest_version(s: Session, model_id: int) -> ModelVersionRow | None:
         return s.scalar(
-            select(ModelVersion)
-            .where(ModelVersion.model_id == model_id)
-            .order_by(ModelVersion.version.desc())
+            select(ModelVersionRow)
+            .where(ModelVersionRow.model_id == model_id)
+            .order_by(ModelVersionRow.version.desc())
             .limit(1)
         )
 
     @staticmethod
-    def _set_stake(s: Session, model: Model, stake: float, kind: str, round_id: int | None) -> None:
+    def _set_stake(
+        s: Session, model: ModelRow, stake: float, kind: str, round_id: int | None
+    ) -> None:
         if not (stake == stake and abs(stake) != float("inf")):
             raise RegistryError(f"a stake must be a finite number, got {stake}.")
         if kind == "set" and stake < 0:
@@ -511,7 +660,7 @@ class Registry:
         balance = max(stake, 0.0)
         if balance != model.stake or kind != "set":
             s.add(
-                StakeEvent(
+                StakeEventRow(
                     model_id=model.id,
                     round_id=round_id,
                     kind=kind,
@@ -523,12 +672,12 @@ class Registry:
         model.stake = balance
 
     @staticmethod
-    def _reputation(s: Session, model: Model, rounds: int) -> float | None:
+    def _reputation(s: Session, model: ModelRow, rounds: int) -> float | None:
         recent = (
-            select(Payout.score)
-            .join(Round, Payout.round_id == Round.id)
-            .where(Payout.model_id == model.id, Round.status == "resolved")
-            .order_by(Round.resolved_at.desc(), Round.id.desc())
+            select(PayoutRow.score)
+            .join(RoundRow, PayoutRow.round_id == RoundRow.id)
+            .where(PayoutRow.model_id == model.id, RoundRow.status == RoundStatus.RESOLVED)
+            .order_by(RoundRow.resolved_at.desc(), RoundRow.id.desc())
             .limit(rounds)
             .subquery()
         )
@@ -555,3 +704,7 @@ def _now() -> datetime:
 def _aware(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes for what was stored in UTC."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _maybe_aware(moment: datetime | None) -> datetime | None:
+    return None if moment is None else _aware(moment)

@@ -1,13 +1,20 @@
 """The fund's records as tables (SQLAlchemy 2.0). The migrations in ``migrations/versions``
-build the same schema step by step; a test checks that the two agree."""
+build the same schema step by step; a test checks that the two agree.
+
+Each ORM class is named for a row of its table, so that no name means two things: a
+``BundleRow`` is a row of ``bundles``, not the bundle the fund publishes
+(:mod:`fhe_toolkit.protocol.artifacts`) nor the ``BundleRecord`` the registry hands out
+(:mod:`fhe_toolkit.registry.records`). Only the registry's store uses these classes."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Integer,
@@ -18,12 +25,27 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from fhe_toolkit.registry.records import RoundStatus, SubmissionStatus, TrainingJobStatus
+
 
 class Base(DeclarativeBase):
     pass
 
 
-class Participant(Base):
+def status_type(enum: type[StrEnum], length: int) -> Enum:
+    """A status column: the enum's values as plain text (``VARCHAR(length)``; no database enum
+    type and no CHECK constraint, so a new status needs no schema change)."""
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+class ParticipantRow(Base):
     __tablename__ = "participants"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -33,7 +55,7 @@ class Participant(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class Model(Base):
+class ModelRow(Base):
     __tablename__ = "models"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -45,7 +67,7 @@ class Model(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class ModelVersion(Base):
+class ModelVersionRow(Base):
     __tablename__ = "model_versions"
     __table_args__ = (UniqueConstraint("model_id", "version"),)
 
@@ -58,7 +80,7 @@ class ModelVersion(Base):
     registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class StakeEvent(Base):
+class StakeEventRow(Base):
     __tablename__ = "stake_events"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -71,13 +93,12 @@ class StakeEvent(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class Round(Base):
+class RoundRow(Base):
     __tablename__ = "rounds"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
-    status: Mapped[str] = mapped_column(String(16))
-    """``open`` (taking submissions), ``closed`` (waiting for targets) or ``resolved``."""
+    status: Mapped[RoundStatus] = mapped_column(status_type(RoundStatus, 16))
     n_rows: Mapped[int] = mapped_column(Integer)
     opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -85,7 +106,7 @@ class Round(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class Bundle(Base):
+class BundleRow(Base):
     __tablename__ = "bundles"
     __table_args__ = (UniqueConstraint("round_id", "model_id"),)
 
@@ -98,10 +119,13 @@ class Bundle(Base):
     stake: Mapped[float] = mapped_column(Float)
     """The stake when the round opened: what the round pays on."""
     batch_ids: Mapped[list[list[str]]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(128))
+    status: Mapped[SubmissionStatus] = mapped_column(status_type(SubmissionStatus, 128))
+    """Where the model's submission stands (the column is as wide as when it held messages)."""
+    detail: Mapped[str | None] = mapped_column(Text)
+    """What goes with the status, e.g. why the submission was refused."""
 
 
-class Submission(Base):
+class SubmissionRow(Base):
     __tablename__ = "submissions"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -112,7 +136,7 @@ class Submission(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class Score(Base):
+class ScoreRow(Base):
     __tablename__ = "scores"
     __table_args__ = (UniqueConstraint("round_id", "model_id", "era", "metric"),)
 
@@ -125,7 +149,7 @@ class Score(Base):
     value: Mapped[float | None] = mapped_column(Float)
 
 
-class Payout(Base):
+class PayoutRow(Base):
     __tablename__ = "payouts"
     __table_args__ = (UniqueConstraint("round_id", "model_id"),)
 
@@ -141,7 +165,7 @@ class Payout(Base):
     reputation: Mapped[float | None] = mapped_column(Float)
 
 
-class Correlation(Base):
+class CorrelationRow(Base):
     __tablename__ = "correlations"
     __table_args__ = (UniqueConstraint("round_id", "first", "second"),)
 
@@ -151,3 +175,24 @@ class Correlation(Base):
     second: Mapped[str] = mapped_column(String(64))
     """Model names, or ``meta_model``: the round's pairwise prediction correlations."""
     value: Mapped[float | None] = mapped_column(Float)
+
+
+class TrainingJobRow(Base):
+    __tablename__ = "training_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(64))
+    """The participant's name for the job (its training spec's ``name``)."""
+    participant_id: Mapped[int | None] = mapped_column(ForeignKey("participants.id"))
+    status: Mapped[TrainingJobStatus] = mapped_column(status_type(TrainingJobStatus, 16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    key_set_id: Mapped[str] = mapped_column(String(32))
+    spec_sha256: Mapped[str] = mapped_column(String(64))
+    bundle_sha256: Mapped[str] = mapped_column(String(64))
+    n_samples: Mapped[int] = mapped_column(Integer)
+    positive_share: Mapped[float] = mapped_column(Float)
+    iterations: Mapped[int] = mapped_column(Integer)
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    result_sha256: Mapped[str | None] = mapped_column(String(64))

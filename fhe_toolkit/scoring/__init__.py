@@ -5,7 +5,12 @@ numerai-tools (``numerai_tools.scoring``) where the concept is the same.
 """
 
 from fhe_toolkit.scoring._checks import DEFAULT_MAX_FILTERED_INDEX_RATIO
-from fhe_toolkit.scoring.meta_model import payout, payout_score, stake_weighted_meta_model
+from fhe_toolkit.scoring.meta_model import (
+    payout,
+    payout_per_stake,
+    payout_score,
+    stake_weighted_meta_model,
+)
 from fhe_toolkit.scoring.metrics import (
     benchmark_contribution,
     correlation_contribution,
@@ -13,7 +18,8 @@ from fhe_toolkit.scoring.metrics import (
     feature_exposures,
     feature_neutral_corr,
     max_feature_correlation,
-    neutralize,
+    neutral_contribution,
+    neutral_correlation,
     numerai_corr,
 )
 from fhe_toolkit.scoring.mmc_forms import (
@@ -21,6 +27,7 @@ from fhe_toolkit.scoring.mmc_forms import (
     mmc_finite_difference,
     mmc_pseudo_inverse,
 )
+from fhe_toolkit.scoring.neutralization import Neutralizer, neutralize
 from fhe_toolkit.scoring.per_era import by_model, score_eras, summarize, summarize_series
 from fhe_toolkit.scoring.transforms import (
     center,
@@ -33,6 +40,7 @@ from fhe_toolkit.scoring.transforms import (
 
 __all__ = [
     "DEFAULT_MAX_FILTERED_INDEX_RATIO",
+    "Neutralizer",
     "benchmark_contribution",
     "by_model",
     "center",
@@ -45,10 +53,13 @@ __all__ = [
     "mmc_closed_form",
     "mmc_finite_difference",
     "mmc_pseudo_inverse",
+    "neutral_contribution",
+    "neutral_correlation",
     "neutralize",
     "numerai_corr",
     "orthogonalize",
     "payout",
+    "payout_per_stake",
     "payout_score",
     "power",
     "score_eras",

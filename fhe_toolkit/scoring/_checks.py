@@ -6,8 +6,6 @@ fix, and never modify what they are given.
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 import numpy as np
 import pandas as pd
 
@@ -15,8 +13,6 @@ from fhe_toolkit.errors import ScoringInputError, ScoringTypeError
 
 DEFAULT_MAX_FILTERED_INDEX_RATIO = 0.2
 """Share of ids that aligning predictions with targets may drop before scoring refuses."""
-
-PandasT = TypeVar("PandasT", pd.Series, pd.DataFrame)
 
 
 def require_frame(obj: object, name: str) -> pd.DataFrame:
@@ -69,7 +65,7 @@ def require_no_nan(obj: pd.Series | pd.DataFrame, name: str) -> None:
 
 def require_numeric(obj: pd.Series | pd.DataFrame, name: str) -> None:
     frame = obj.to_frame() if isinstance(obj, pd.Series) else obj
-    bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    bad = [c for c, dtype in frame.dtypes.items() if not pd.api.types.is_numeric_dtype(dtype)]
     if bad:
         raise ScoringInputError(
             f"{name} column(s) {bad[:5]} are not numeric (dtype "
@@ -96,18 +92,24 @@ def check_vector(obj: object, name: str, allow_nan: bool) -> pd.Series:
     return series
 
 
-def align(
-    named: dict[str, PandasT],
+def aligned_ids(
+    named: dict[str, pd.Series | pd.DataFrame],
     max_filtered_ratio: float = DEFAULT_MAX_FILTERED_INDEX_RATIO,
-) -> list[PandasT]:
-    """Keep the ids every object has (without NaN), sorted, as numerai-tools' filter_sort_index.
+) -> pd.Index:
+    """The ids every object has (without NaN), sorted, as numerai-tools' filter_sort_index.
 
     Refuses when more than ``max_filtered_ratio`` of any object's ids would be dropped, since that
     means the objects were not indexed by the same ids.
     """
+    if isinstance(max_filtered_ratio, bool) or not 0.0 <= max_filtered_ratio <= 1.0:
+        raise ScoringInputError(
+            f"max_filtered_index_ratio must be a share within [0, 1], but got "
+            f"{max_filtered_ratio!r}."
+        )
     ids: pd.Index | None = None
     for obj in named.values():
-        kept = obj.dropna(how="any").index
+        missing = obj.isna().to_numpy()
+        kept = obj.index[~missing.any(axis=1)] if missing.ndim == 2 else obj.index[~missing]
         ids = kept if ids is None else ids.intersection(kept)
     if ids is None:
         raise ScoringInputError("nothing to align")
@@ -123,8 +125,31 @@ def align(
                 f"input by the same `id` (e.g. `df.set_index('id')`), or raise "
                 f"max_filtered_index_ratio if the gap is expected."
             )
-    ids = ids.sort_values()
-    return [obj.loc[ids] for obj in named.values()]
+    return ids.sort_values()
+
+
+def era_rows(ids: pd.Index, eras: object) -> list[tuple[object, np.ndarray]]:
+    """Each era's label and the positions of its rows in ``ids`` (ascending), eras sorted.
+
+    ``eras`` is a Series of era labels by id covering ``ids``, or None for one era of all rows
+    (labelled None).
+    """
+    if eras is None:
+        return [(None, np.arange(len(ids)))]
+    labels_by_id = require_series(eras, "eras")
+    require_unique_ids(labels_by_id, "eras")
+    missing = ids.difference(labels_by_id.index)
+    if len(missing):
+        raise ScoringInputError(
+            f"{len(missing)} id(s) have no era, e.g. {list(missing[:3])}; pass the era of every "
+            f"row (e.g. `data['era']`)."
+        )
+    labels = labels_by_id.reindex(ids)
+    require_no_nan(labels, "eras")
+    codes, uniques = pd.factorize(labels, sort=True)
+    order = np.argsort(codes, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)
+    return [(uniques[codes[rows[0]]], rows) for rows in groups if len(rows)]
 
 
 def nan_if_constant(scores: np.ndarray, values: np.ndarray) -> np.ndarray:

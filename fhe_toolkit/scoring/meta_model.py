@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 
 from fhe_toolkit.errors import ScoringInputError
-from fhe_toolkit.scoring._checks import check_predictions, require_series
+from fhe_toolkit.scoring._checks import (
+    check_predictions,
+    era_rows,
+    require_numeric,
+    require_series,
+    require_unique_ids,
+)
 from fhe_toolkit.scoring.transforms import rank_gaussian_array
 
 DEFAULT_PAYOUT_FACTOR = 1.0
@@ -42,12 +48,19 @@ def check_stakes(stakes: object, models: pd.Index | None = None) -> pd.Series:
 def stake_weighted_meta_model(
     predictions: pd.DataFrame,
     stakes: pd.Series,
-    eras: pd.Series | None = None,
+    *,
+    eras: pd.Series | None,
 ) -> pd.Series:
-    """Stake-weighted mean of the models' rank-gaussianized predictions, per era.
+    """Stake-weighted mean of the models' rank-gaussianized predictions, era by era.
 
-    ``stakes`` is indexed by model (column of ``predictions``); models without a stake weigh 0.
-    With ``eras`` (a Series by id), ranking is done within each era, as scoring is.
+    1. weights: each model's stake over the total (models without a stake weigh 0);
+    2. within each era, tie-kept rank and gaussianize each staked model's predictions;
+    3. the weighted sum of those, row by row.
+
+    ``stakes`` is indexed by model (column of ``predictions``). ``eras`` (a Series of era labels
+    by id, e.g. ``data["era"]``) is required, because Numerai ranks within each era: ranks taken
+    across eras would mix them. Pass ``eras=None`` only when every row belongs to one era (a live
+    round).
     """
     predictions = check_predictions(predictions)
     stakes = check_stakes(stakes, predictions.columns)
@@ -56,60 +69,100 @@ def stake_weighted_meta_model(
             "the stakes add up to 0, so there is no meta model; give at least one model a stake."
         )
     weights = stakes.reindex(predictions.columns, fill_value=0.0).to_numpy() / stakes.sum()
-    staked = predictions.loc[:, weights > 0]
+    staked = predictions.loc[:, weights > 0].to_numpy(np.float64)
     weights = weights[weights > 0]
-    if eras is None:
-        groups = [staked.index]
-    else:
-        eras = require_series(eras, "eras")
-        missing = staked.index.difference(eras.index)
-        if len(missing):
-            raise ScoringInputError(
-                f"{len(missing)} prediction id(s) have no era, e.g. {list(missing[:3])}."
-            )
-        groups = list(staked.groupby(eras.loc[staked.index]).groups.values())
-    meta = pd.Series(np.nan, index=staked.index, name="meta_model")
-    for ids in groups:
-        meta.loc[ids] = rank_gaussian_array(staked.loc[ids].to_numpy(np.float64)) @ weights
-    return meta
+    meta = np.empty(len(staked))
+    for _, rows in era_rows(predictions.index, eras):
+        meta[rows] = rank_gaussian_array(staked[rows]) @ weights
+    return pd.Series(meta, index=predictions.index, name="meta_model")
 
 
-def payout(
-    stakes: pd.Series,
+def payout_per_stake(
+    *,
     corr: pd.Series,
     mmc: pd.Series,
-    *,
     payout_factor: float = DEFAULT_PAYOUT_FACTOR,
     corr_weight: float = DEFAULT_CORR_WEIGHT,
     mmc_weight: float = DEFAULT_MMC_WEIGHT,
     clip: float = DEFAULT_PAYOUT_CLIP,
 ) -> pd.Series:
-    """``stake · clip(payout_factor · (corr_weight·CORR + mmc_weight·MMC), -clip, clip)``.
+    """What one unit of stake earns (or burns) per model:
+    ``clip(payout_factor · (corr_weight·CORR + mmc_weight·MMC), -clip, clip)``.
 
-    All three Series are indexed by model; every staked model needs both scores. A NaN score (e.g.
-    constant predictions) counts as 0, so that model neither earns nor burns.
+    Both scores are Series by model, passed by keyword so CORR and MMC cannot be swapped
+    unnoticed; a model must have both. A NaN score (e.g. constant predictions) counts as 0.
+    """
+    corr, mmc = _scores_by_model(corr, mmc, None)
+    score = payout_score(corr=corr, mmc=mmc, corr_weight=corr_weight, mmc_weight=mmc_weight)
+    return np.clip(payout_factor * score, -clip, clip).rename("payout_per_stake")
+
+
+def payout(
+    stakes: pd.Series,
+    *,
+    corr: pd.Series,
+    mmc: pd.Series,
+    payout_factor: float = DEFAULT_PAYOUT_FACTOR,
+    corr_weight: float = DEFAULT_CORR_WEIGHT,
+    mmc_weight: float = DEFAULT_MMC_WEIGHT,
+    clip: float = DEFAULT_PAYOUT_CLIP,
+) -> pd.Series:
+    """``stake · clip(payout_factor · (corr_weight·CORR + mmc_weight·MMC), -clip, clip)``:
+    ``stakes`` times :func:`payout_per_stake`.
+
+    All three Series are indexed by model, the scores passed by keyword; every staked model needs
+    both scores. A NaN score (e.g. constant predictions) counts as 0, so that model neither earns
+    nor burns.
     """
     stakes = check_stakes(stakes)
+    corr, mmc = _scores_by_model(corr, mmc, stakes.index)
+    per_stake = payout_per_stake(
+        corr=corr,
+        mmc=mmc,
+        payout_factor=payout_factor,
+        corr_weight=corr_weight,
+        mmc_weight=mmc_weight,
+        clip=clip,
+    )
+    return (stakes * per_stake).rename("payout")
+
+
+def payout_score(
+    *,
+    corr: pd.Series,
+    mmc: pd.Series,
+    corr_weight: float = DEFAULT_CORR_WEIGHT,
+    mmc_weight: float = DEFAULT_MMC_WEIGHT,
+) -> pd.Series:
+    """``corr_weight·CORR + mmc_weight·MMC`` per model, a NaN score counting as 0: what payouts
+    (and the tournament's reputation) rest on. Scores by keyword, as in :func:`payout`."""
+    corr, mmc = _scores_by_model(corr, mmc, None)
+    return (corr_weight * corr.fillna(0.0) + mmc_weight * mmc.fillna(0.0)).rename("score")
+
+
+def _scores_by_model(
+    corr: object, mmc: object, models: pd.Index | None
+) -> tuple[pd.Series, pd.Series]:
+    """CORR and MMC as Series over the same models: ``models`` when given (each must be
+    scored), else the models both score."""
     scores = {"corr": require_series(corr, "corr"), "mmc": require_series(mmc, "mmc")}
     for name, series in scores.items():
-        missing = stakes.index.difference(series.index)
+        require_unique_ids(series, name)
+        require_numeric(series, name)
+    if models is None:
+        corr_only = scores["corr"].index.difference(scores["mmc"].index)
+        mmc_only = scores["mmc"].index.difference(scores["corr"].index)
+        if len(corr_only) or len(mmc_only):
+            raise ScoringInputError(
+                f"corr and mmc must score the same models, but model(s) "
+                f"{list(corr_only)[:5]} have only corr and {list(mmc_only)[:5]} only mmc."
+            )
+        models = scores["corr"].index
+    for name, series in scores.items():
+        missing = models.difference(series.index)
         if len(missing):
             raise ScoringInputError(
                 f"model(s) {list(missing)[:5]} have a stake but no {name} score; score every "
                 f"staked model, or drop its stake."
             )
-    corr, mmc = (series.reindex(stakes.index) for series in scores.values())
-    score = payout_score(corr, mmc, corr_weight=corr_weight, mmc_weight=mmc_weight)
-    return (stakes * np.clip(payout_factor * score, -clip, clip)).rename("payout")
-
-
-def payout_score(
-    corr: pd.Series,
-    mmc: pd.Series,
-    *,
-    corr_weight: float = DEFAULT_CORR_WEIGHT,
-    mmc_weight: float = DEFAULT_MMC_WEIGHT,
-) -> pd.Series:
-    """``corr_weight·CORR + mmc_weight·MMC`` per model, a NaN score counting as 0: what payouts
-    (and the tournament's reputation) rest on."""
-    return (corr_weight * corr.fillna(0.0) + mmc_weight * mmc.fillna(0.0)).rename("score")
+    return scores["corr"].reindex(models), scores["mmc"].reindex(models)

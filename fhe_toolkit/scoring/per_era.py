@@ -7,24 +7,19 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from fhe_toolkit.errors import ScoringInputError
+from fhe_toolkit.errors import ScoringInputError, ScoringTypeError
 from fhe_toolkit.scoring._checks import (
     DEFAULT_MAX_FILTERED_INDEX_RATIO,
     check_predictions,
     check_vector,
+    era_rows,
     require_frame,
+    require_series,
     require_unique_ids,
 )
 from fhe_toolkit.scoring.meta_model import stake_weighted_meta_model
-from fhe_toolkit.scoring.metrics import (
-    ExposureMethod,
-    benchmark_contribution,
-    correlation_contribution,
-    exposure_summary,
-    feature_exposures,
-    feature_neutral_corr,
-    numerai_corr,
-)
+from fhe_toolkit.scoring.metrics import EraPredictions, ExposureMethod, exposure_summary
+from fhe_toolkit.scoring.transforms import check_top_bottom
 
 SUMMARY_STATS = ("mean", "std", "sharpe", "max_drawdown")
 
@@ -41,6 +36,7 @@ def score_eras(
     exposure_features: Sequence[str] | None = None,
     fnc_features: Sequence[str] | None = None,
     exposure_method: ExposureMethod = "spearman",
+    top_bottom: int | None = None,
     max_filtered_index_ratio: float = DEFAULT_MAX_FILTERED_INDEX_RATIO,
 ) -> pd.DataFrame:
     """Score every prediction column in every era of ``data``.
@@ -49,19 +45,35 @@ def score_eras(
         predictions: one column per model, indexed by id.
         data: indexed by id, with the era column, the target and the feature columns.
         meta_model, benchmark: Series by id; when given, MMC and BMC are scored against them.
-        stakes: Series by model; without ``meta_model``, MMC is scored against the
-            stake-weighted meta model of these predictions (:func:`stake_weighted_meta_model`).
+        stakes: Series by model; MMC is then scored against the stake-weighted meta model of
+            these predictions, built era by era (:func:`stake_weighted_meta_model`). Give
+            ``meta_model`` or ``stakes``, not both.
         exposure_features: features for exposure (default: every ``feature_*`` column of data;
             an empty list skips exposure).
         fnc_features: features for FNC (default: the exposure features; empty skips FNC).
+        top_bottom: score CORR, MMC, BMC and FNC on each model's top and bottom ``top_bottom``
+            rows of each era (numerai-tools' option); None scores every row.
 
-    Returns one row per (era, model): ``era``, ``model``, ``corr``, then ``mmc`` / ``bmc`` when
-    their reference was given, ``fnc``, ``max_exposure``, ``mean_exposure``, ``rms_exposure``.
-    Eras whose target is all NaN (not yet resolved) get NaN target-based scores.
+    Each era's predictions are ranked and gaussianized once for all its metrics
+    (:class:`~fhe_toolkit.scoring.metrics.EraPredictions`), and FNC's neutralization is solved
+    once per era for all models; the scores equal the single-era functions' (CORR:
+    :func:`numerai_corr`, MMC: :func:`correlation_contribution`, BMC, FNC:
+    :func:`feature_neutral_corr`, exposure: :func:`feature_exposures`).
+
+    Returns one row per (era, model), eras in sorted order: ``era``, ``model``, ``corr``, then
+    ``mmc`` / ``bmc`` when their reference was given, ``fnc``, ``max_exposure``,
+    ``mean_exposure``, ``rms_exposure``. Eras whose target is all NaN (not yet resolved) get NaN
+    target-based scores. Every predicted id needs an era (NaN is refused).
     """
     predictions = check_predictions(predictions)
     data = require_frame(data, "data")
     require_unique_ids(data, "data")
+    if meta_model is not None and stakes is not None:
+        raise ScoringInputError(
+            "score_eras got both meta_model and stakes, but MMC is scored against one meta "
+            "model: pass meta_model=..., or stakes=... to build it from these predictions "
+            "(stake_weighted_meta_model), not both."
+        )
     default_features = [c for c in data.columns if str(c).startswith("feature_")]
     exposure_cols = list(default_features if exposure_features is None else exposure_features)
     fnc_cols = list(exposure_cols if fnc_features is None else fnc_features)
@@ -78,45 +90,51 @@ def score_eras(
             f"{len(unknown)} prediction id(s) are not in data, e.g. {list(unknown[:3])}; "
             f"predictions must be indexed by the ids of the data they were made for."
         )
-    if meta_model is None and stakes is not None:
+    check_top_bottom(top_bottom, len(predictions))
+    targets = check_vector(data[target], f"data[{target!r}]", allow_nan=True)
+    if stakes is not None:
         meta_model = stake_weighted_meta_model(predictions, stakes, eras=data[era_col])
     refs = {
-        name: check_vector(series, name, allow_nan=False)
-        for name, series in (("meta_model", meta_model), ("benchmark", benchmark))
+        column: check_vector(series, name, allow_nan=False)
+        for name, column, series in (
+            ("meta_model", "mmc", meta_model),
+            ("benchmark", "bmc", benchmark),
+        )
         if series is not None
     }
 
     rows = []
-    eras = data.loc[predictions.index, era_col]
-    for era, ids in sorted(predictions.groupby(eras).groups.items()):
-        era_preds = predictions.loc[ids]
-        era_data = data.loc[ids]
-        targets = era_data[target]
+    for era_label, positions in era_rows(predictions.index, data[era_col]):
+        era = EraPredictions(predictions.iloc[positions])
+        ids = era.frame.index
+        era_targets = targets.loc[ids]
         scores = pd.DataFrame(index=predictions.columns)
-        resolved = bool(targets.notna().any())
+        resolved = bool(era_targets.notna().any())
         scores["corr"] = (
-            numerai_corr(era_preds, targets, max_filtered_index_ratio) if resolved else np.nan
+            era.corr(era_targets, max_filtered_index_ratio, top_bottom) if resolved else np.nan
         )
-        for name, reference in refs.items():
-            score = correlation_contribution if name == "meta_model" else benchmark_contribution
-            column = "mmc" if name == "meta_model" else "bmc"
+        for column, reference in refs.items():
             scores[column] = (
-                score(era_preds, _within(reference, ids), targets, max_filtered_index_ratio)
+                era.contribution(
+                    _within(reference, ids), era_targets, max_filtered_index_ratio, top_bottom
+                )
                 if resolved
                 else np.nan
             )
         if fnc_cols:
             scores["fnc"] = (
-                feature_neutral_corr(
-                    era_preds, era_data[fnc_cols], targets, max_filtered_index_ratio
+                era.feature_neutral_corr(
+                    data.loc[ids, fnc_cols], era_targets, max_filtered_index_ratio, top_bottom
                 )
                 if resolved
                 else np.nan
             )
         if exposure_cols:
-            exposures = feature_exposures(era_preds, era_data[exposure_cols], exposure_method)
-            scores = scores.join(exposure_summary(exposures))
-        rows.append(scores.rename_axis("model").reset_index().assign(era=era))
+            exposures = era.exposures(data.loc[ids, exposure_cols], exposure_method)
+            scores = scores.join(
+                exposure_summary(pd.DataFrame(exposures, columns=predictions.columns))
+            )
+        rows.append(scores.rename_axis("model").reset_index().assign(era=era_label))
     result = pd.concat(rows, ignore_index=True)
     return result[["era", *[c for c in result.columns if c != "era"]]]
 
@@ -126,12 +144,18 @@ def summarize_series(values: pd.Series) -> dict[str, float]:
 
     Max drawdown is ``max(cummax(cumsum) - cumsum)`` in era order. NaN eras are skipped.
     """
-    values = values.dropna().to_numpy(np.float64)
-    if len(values) == 0:
+    values = require_series(values, "values")
+    _require_scores(
+        values.to_frame("values" if values.name is None else values.name),
+        "values",
+        "pass the Series of one metric",
+    )
+    numbers = values.dropna().to_numpy(np.float64)
+    if len(numbers) == 0:
         return dict.fromkeys(SUMMARY_STATS, np.nan)
-    mean = float(np.mean(values))
-    std = float(np.std(values))
-    cumulative = np.cumsum(values)
+    mean = float(np.mean(numbers))
+    std = float(np.std(numbers))
+    cumulative = np.cumsum(numbers)
     return {
         "mean": mean,
         "std": std,
@@ -142,12 +166,17 @@ def summarize_series(values: pd.Series) -> dict[str, float]:
 
 def summarize(per_era: pd.DataFrame) -> pd.DataFrame:
     """Summaries of every metric of :func:`score_eras`' output: rows (model, metric), columns
-    ``mean``, ``std``, ``sharpe``, ``max_drawdown``."""
+    ``mean``, ``std``, ``sharpe``, ``max_drawdown``.
+
+    Every column besides ``era`` and ``model`` is a metric and must be numeric.
+    """
     per_era = require_frame(per_era, "per_era")
     if not {"era", "model"} <= set(per_era.columns):
         raise ScoringInputError(
             "per_era needs 'era' and 'model' columns, as score_eras returns them."
         )
+    metrics = per_era.drop(columns=["era", "model"])
+    _require_scores(metrics, "per_era", "drop them first (e.g. `per_era.drop(columns=[...])`)")
     long = per_era.sort_values("era").melt(id_vars=["era", "model"], var_name="metric")
     summary = {
         key: summarize_series(group["value"])
@@ -168,3 +197,21 @@ def by_model(summary: pd.DataFrame, stat: str = "mean") -> pd.DataFrame:
 
 def _within(series: pd.Series, ids: pd.Index) -> pd.Series:
     return series.loc[series.index.intersection(ids)]
+
+
+def _require_scores(scores: pd.DataFrame, name: str, fix: str) -> None:
+    """Every column holds numbers (or NaN): a column with anything else is not a per-era score."""
+    bad = {}
+    for column in scores.columns:
+        values = scores[column]
+        if pd.api.types.is_numeric_dtype(values.dtype):
+            continue
+        not_numbers = values[pd.to_numeric(values, errors="coerce").isna() & values.notna()]
+        if len(not_numbers):
+            bad[str(column)] = not_numbers.iloc[0]
+    if bad:
+        raise ScoringTypeError(
+            f"{name} column(s) {list(bad)[:5]} are not numeric scores (e.g. "
+            f"{next(iter(bad.values()))!r} in {next(iter(bad))!r}), so they cannot be summarized; "
+            f"{fix}, or convert them with `pd.to_numeric`."
+        )

@@ -17,9 +17,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fhe_toolkit.errors import FheToolkitError
-from fhe_toolkit.manifest import utc_now, write_atomic
-from fhe_toolkit.modelspec import PublicSpec
+from fhe_toolkit.errors import KeyStoreError
+from fhe_toolkit.protocol.files import write_atomic
+from fhe_toolkit.protocol.manifest import utc_now
+from fhe_toolkit.protocol.modelspec import CircuitSpec
 
 KEYSET = "keyset.bin"
 SPECS = "client_specs.json"
@@ -28,10 +29,6 @@ RETIRED = "retired.json"
 PUBLISHED = "published.json"
 TRAINING_KEYS = "training"
 """The key store's folder for encrypted training jobs' keys (``training/<job>/<name>``)."""
-
-
-class KeyStoreError(FheToolkitError, ValueError):
-    """A key set that does not exist, exists already, or was retired."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ class KeyStore:
         return self.root / round_id / model
 
     def create(
-        self, round_id: str, model: str, spec: PublicSpec, *, replace_unpublished: bool = False
+        self, round_id: str, model: str, spec: CircuitSpec, *, replace_unpublished: bool = False
     ) -> KeySet:
         """Generate fresh keys for (model, round) and store them; refuse if any exist already.
 
@@ -91,7 +88,7 @@ class KeyStore:
         """Record that a bundle encrypted under this key set was published: from now on the
         keys are never replaced, only retired."""
         record = json.dumps({"published_at": utc_now()}).encode()
-        write_atomic(self.directory(round_id, model) / PUBLISHED, record, mode=0o600)
+        write_atomic(self._existing(round_id, model) / PUBLISHED, record, mode=0o600)
 
     def info(self, round_id: str, model: str) -> dict[str, str]:
         path = self.directory(round_id, model) / INFO
@@ -116,7 +113,13 @@ class KeyStore:
         return path
 
     def retire(self, round_id: str, model: str, reason: str) -> None:
-        folder = self.directory(round_id, model)
+        folder = self._existing(round_id, model)
         record = {"retired_at": utc_now(), "reason": reason}
         write_atomic(folder / RETIRED, json.dumps(record, indent=1).encode(), mode=0o600)
         (folder / KEYSET).unlink(missing_ok=True)
+
+    def _existing(self, round_id: str, model: str) -> Path:
+        folder = self.directory(round_id, model)
+        if not folder.is_dir():
+            raise KeyStoreError(f"no keys were made for model {model!r} in round {round_id!r}.")
+        return folder

@@ -17,15 +17,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fhe_toolkit.errors import FheToolkitError
-from fhe_toolkit.manifest import MANIFEST, write_atomic
+from fhe_toolkit.errors import IdentityError
+from fhe_toolkit.protocol.files import read_regular, write_atomic
+from fhe_toolkit.protocol.manifest import MANIFEST
 
 SIGNATURE = "manifest.sig"
 PUBLIC_SUFFIX = ".pub"
-
-
-class IdentityError(FheToolkitError, ValueError):
-    """A key file that cannot be used, or a signature that does not verify."""
+MAX_PUBLIC_KEY_FILE = 4096
+"""A public key file holds 64 hex characters; a PEM private key given by mistake is < 1 KB."""
+MAX_PRIVATE_KEY_FILE = 16_384
 
 
 def create_identity(path: str | Path) -> bytes:
@@ -53,12 +53,13 @@ def public_key_path(private_key: str | Path) -> Path:
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     path = Path(path)
-    try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         raise IdentityError(
             f"{path} does not exist; create an identity with `fhe-toolkit identity new {path}`."
-        ) from None
+        )
+    data = read_regular(path, MAX_PRIVATE_KEY_FILE, "a private key file", IdentityError)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise IdentityError(f"{path} is not an unencrypted PEM private key ({exc}).") from None
     if not isinstance(key, Ed25519PrivateKey):
@@ -71,12 +72,19 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
 def load_public_key(path_or_hex: str | Path) -> bytes:
     """A public key from a ``.pub`` file or its 64 hex characters."""
     text = str(path_or_hex)
+    if "PRIVATE KEY" in text or "\n" in text:
+        # Key material pasted where a file name goes: never echo it into a message or a log.
+        raise IdentityError(
+            "that is key text, not a public key file or 64 hex characters; give the path of "
+            "the .pub file (and never pass a private key around)."
+        )
     if not _is_hex_key(text):
         path = Path(path_or_hex)
+        if len(path.name) > 255:
+            raise IdentityError("that is neither 64 hex characters nor a file name.")
+        data = read_regular(path, MAX_PUBLIC_KEY_FILE, "a public key file", IdentityError)
         try:
-            text = path.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
-            raise IdentityError(f"{path} does not exist (expected a public key file).") from None
+            text = data.decode("ascii").strip()
         except UnicodeDecodeError:
             raise IdentityError(f"{path} is not a public key file (64 hex characters).") from None
         if "PRIVATE KEY" in text:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fhe_toolkit.errors import FheToolkitError
+from fhe_toolkit.errors import LeaderboardError
 
 SORT_KEYS = {
     "corr": "mean_corr",
@@ -22,10 +22,6 @@ SUMMARY_COLUMNS = [
     "participant", "stake", "rounds", "mean_corr", "mean_mmc", "last_payout", "reputation",
 ]  # fmt: skip
 """The columns that fit a terminal."""
-
-
-class LeaderboardError(FheToolkitError, ValueError):
-    """A leaderboard asked for in a way it cannot be given."""
 
 
 def leaderboard(

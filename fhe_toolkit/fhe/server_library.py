@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from fhe_toolkit.manifest import sha256_file
+from fhe_toolkit.protocol.files import sha256_file
 
 SERVER_ZIP = "server.zip"
 LIBRARY_DIR = "server_library"

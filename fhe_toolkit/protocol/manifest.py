@@ -4,7 +4,7 @@ A manifest lists every file with its size and SHA-256. Reading one checks all of
 file names that could point outside the directory, and refuses files over the size limit, so a
 truncated, swapped or tampered file is caught before anything is decoded.
 
-The same manifest serves encrypted training (:mod:`fhe_toolkit.training_bundle`): there
+The same manifest serves encrypted training (:mod:`fhe_toolkit.protocol.artifacts`): there
 ``round_id`` is the training job's id, ``model`` the job's name, and a batch is one iteration.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -20,8 +19,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fhe_toolkit.errors import FheToolkitError
-from fhe_toolkit.modelspec import NAME_PATTERN
+from fhe_toolkit.errors import ManifestError
+from fhe_toolkit.protocol.files import read_regular, sha256_file, write_atomic
+from fhe_toolkit.protocol.modelspec import NAME_PATTERN
 
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 1_000_000
@@ -29,10 +29,6 @@ MAX_FILE_BYTES = 64 * 2**30
 ROUND_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 FILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 HEX64 = r"^[0-9a-f]{64}$"
-
-
-class ManifestError(FheToolkitError, ValueError):
-    """A bundle or submission whose manifest or files do not check out."""
 
 
 class FileEntry(BaseModel):
@@ -62,22 +58,17 @@ class Manifest(BaseModel):
     @field_validator("files")
     @classmethod
     def _safe_names(cls, files: dict[str, FileEntry]) -> dict[str, FileEntry]:
-        bad = [name for name in files if not re.fullmatch(FILE_PATTERN, name) or ".." in name]
-        if bad or MANIFEST in files:
+        bad = [name for name in files if not _is_plain_name(name)]
+        if bad:
             raise ValueError(f"file names must be plain names inside the directory: {bad[:3]}")
         return files
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(4 * 2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(directory: Path, files: list[str], **fields: object) -> str:
     """Hash ``files`` (names inside ``directory``) and write the manifest; return its SHA-256."""
+    unsafe = [name for name in files if not _is_plain_name(name)]
+    if unsafe:
+        raise ManifestError(f"file names must be plain names inside the directory: {unsafe[:3]}")
     entries = {
         name: {"sha256": sha256_file(directory / name), "size": (directory / name).stat().st_size}
         for name in files
@@ -103,15 +94,15 @@ def read_manifest(directory: str | Path, kind: str) -> tuple[Manifest, str]:
     path = directory / MANIFEST
     if not directory.is_dir():
         raise ManifestError(f"{directory} is not a directory.")
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise ManifestError(f"{directory} has no {MANIFEST}: it is not a {kind} directory.")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"{path} is larger than any manifest ({MAX_MANIFEST_BYTES:,} bytes).")
-    raw = path.read_bytes()
+    raw = read_regular(path, MAX_MANIFEST_BYTES, "a manifest", ManifestError)
     try:
         manifest = Manifest.model_validate(json.loads(raw))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path} is not JSON ({exc}).") from None
+    except RecursionError:
+        raise ManifestError(f"{path} nests too deeply to be a manifest.") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in exc.errors()[:6]
@@ -141,12 +132,5 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+def _is_plain_name(name: str) -> bool:
+    return bool(re.fullmatch(FILE_PATTERN, name)) and ".." not in name and name != MANIFEST

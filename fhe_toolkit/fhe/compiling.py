@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fhe_toolkit.families import Family, post_process
+from fhe_toolkit.protocol.families import Family, post_process
 
 
 def calibration_rows(model: Any, sample: np.ndarray) -> np.ndarray:

@@ -19,10 +19,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, ClassVar, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fhe_toolkit.modelspec import PublicSpec, QuantizerSpec, circuit_shapes
+from fhe_toolkit.protocol.modelspec import CircuitSpec, QuantizerSpec, circuit_shapes
 
 TRAINING_INPUTS = ("x", "y", "weights", "bias")
 TRAINING_OUTPUTS = ("weights", "bias")
@@ -31,7 +30,7 @@ MAX_ITERATIONS = 100_000
 Number = Annotated[float, Field(allow_inf_nan=False)]
 
 
-class TrainingSpec(PublicSpec):
+class TrainingSpec(CircuitSpec):
     """An encrypted training job: settings, and the compiled SGD step's public side."""
 
     KIND: ClassVar[str] = "training spec"
@@ -101,56 +100,3 @@ class TrainedWeights(BaseModel):
         if len(self.coef) != len(self.features):
             raise ValueError(f"{len(self.coef)} coefficients for {len(self.features)} features")
         return self
-
-
-class TrainingCodec:
-    """The fund's side of a training spec: quantize batches and weights, decode the result."""
-
-    def __init__(self, spec: TrainingSpec) -> None:
-        self.spec = spec
-        self.x, self.y, self.weights, self.bias = (q.build() for q in spec.input_quantizers)
-        self.out_weights, self.out_bias = (q.build() for q in spec.output_quantizers)
-
-    def quantize_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        b, n = self.spec.batch_size, len(self.spec.features)
-        return (
-            self.x.quant(np.asarray(x, dtype=np.float64).reshape(1, b, n)),
-            self.y.quant(np.asarray(y, dtype=np.float64).reshape(1, b, 1)),
-        )
-
-    def quantize_parameters(
-        self, weights: np.ndarray, bias: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        return self.weights.quant(weights), self.bias.quant(bias)
-
-    def decode(self, weights: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, float]:
-        """Decrypted integers to the trained coefficients (one per feature) and intercept."""
-        coef = np.asarray(self.out_weights.dequant(np.asarray(weights)), dtype=np.float64)
-        intercept = np.asarray(self.out_bias.dequant(np.asarray(bias)), dtype=np.float64)
-        return coef.reshape(-1), float(intercept.reshape(-1)[0])
-
-
-def plan_batches(
-    spec: TrainingSpec, n_samples: int
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Initial weights and bias, and the row indices of every iteration's batch.
-
-    The draws follow Concrete ML 1.9's ``SGDClassifier._fit_encrypted`` with
-    ``random_state=seed``: one generator, the weights uniform in ``parameter_range``, then the
-    bias (zero without an intercept, and then not drawn), then per iteration ``batch_size`` rows
-    without replacement.
-    """
-    rng = np.random.default_rng(spec.seed)
-    low, high = spec.parameter_range
-    n = len(spec.features)
-    weights = rng.uniform(low=low, high=high, size=(1, n, 1))
-    bias = (
-        rng.uniform(low=low, high=high, size=(1, 1, 1))
-        if spec.fit_intercept
-        else np.zeros((1, 1, 1))
-    )
-    batches = [
-        rng.choice(n_samples, size=spec.batch_size, replace=False)
-        for _ in range(spec.iteration_count(n_samples))
-    ]
-    return weights, bias, batches

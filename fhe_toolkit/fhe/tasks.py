@@ -1,6 +1,6 @@
-"""Per-row FHE work that runs inside worker processes (see :mod:`fhe_toolkit.pool`).
+"""Per-row FHE work that runs inside worker processes (see :mod:`fhe_toolkit.fhe.engine`).
 
-Each job is a small picklable description; ``setup`` loads what it needs once per worker and
+Each task is a small picklable description; ``setup`` loads what it needs once per worker and
 returns the function applied to each serialized ciphertext.
 """
 
@@ -15,8 +15,8 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class ServerJob:
-    """Run a compiled circuit (see :mod:`fhe_toolkit.server_library`) with evaluation keys.
+class ServerTask:
+    """Run a compiled circuit (see :mod:`fhe_toolkit.fhe.server_library`) with evaluation keys.
 
     An item is one serialized input ciphertext (the output is one too), or a tuple of them for
     a circuit of several inputs (the outputs come back as a tuple).
@@ -43,7 +43,7 @@ class ServerJob:
 
 
 @dataclass(frozen=True)
-class DecryptJob:
+class DecryptTask:
     """Decrypt output ciphertexts with a stored secret key set: one per item, or a tuple of a
     circuit's several outputs."""
 

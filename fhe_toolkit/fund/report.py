@@ -15,14 +15,10 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from fhe_toolkit.errors import FheToolkitError
-from fhe_toolkit.leaderboard import leaderboard
-from fhe_toolkit.manifest import write_atomic
-from fhe_toolkit.registry import Registry
-
-
-class ReportError(FheToolkitError, ValueError):
-    """Nothing to report yet."""
+from fhe_toolkit.errors import ReportError
+from fhe_toolkit.fund.leaderboard import leaderboard
+from fhe_toolkit.protocol.files import write_atomic
+from fhe_toolkit.registry import Registry, RoundStatus
 
 
 def write_report(registry: Registry, path: str | Path) -> Path:
@@ -132,7 +128,7 @@ def _page(board: pd.DataFrame, rounds: pd.DataFrame, charts: dict[str, go.Figure
         for name, figure in charts.items()
     )
     table = board.round(4).to_html(classes="board", na_rep="—", border=0)
-    resolved = rounds[rounds["status"] == "resolved"] if not rounds.empty else rounds
+    resolved = rounds[rounds["status"] == RoundStatus.RESOLVED] if not rounds.empty else rounds
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>fhe-toolkit tournament report</title>

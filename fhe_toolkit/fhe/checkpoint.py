@@ -14,13 +14,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from fhe_toolkit.errors import FheToolkitError
+from fhe_toolkit.errors import CheckpointError
 
 COMMIT_SECONDS = 1.0
-
-
-class CheckpointError(FheToolkitError, ValueError):
-    """A checkpoint that belongs to different work."""
 
 
 class Checkpoint:
@@ -69,6 +65,13 @@ class Checkpoint:
 
     def outputs(self) -> Iterator[tuple[int, bytes]]:
         yield from self._db.execute("SELECT batch, data FROM outputs ORDER BY batch")
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, error: type[BaseException] | None, *_: object) -> None:
+        """Finished work deletes the checkpoint; interrupted work keeps it, to resume."""
+        self.close(delete=error is None)
 
     def close(self, delete: bool = False) -> None:
         self.commit()

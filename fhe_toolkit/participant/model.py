@@ -1,5 +1,4 @@
-"""The participant's side: train a quantized model, check it, compile it, export its public spec,
-and run it on the fund's encrypted round bundles.
+"""The participant's model: train a quantized model, check it, compile it, export its public spec.
 
 A participant's model directory::
 
@@ -13,48 +12,31 @@ A participant's model directory::
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fhe_toolkit import __version__
-from fhe_toolkit.bundle import open_bundle, open_submission, write_submission
-from fhe_toolkit.checkpoint import Checkpoint
-from fhe_toolkit.compiling import (
+from fhe_toolkit.errors import ParticipantError
+from fhe_toolkit.fhe.compiling import (
     compile_for_batches,
     predict_clear,
     predict_quantized,
     predict_simulated,
 )
-from fhe_toolkit.errors import FheToolkitError
-from fhe_toolkit.families import Family, get_family
-from fhe_toolkit.identity import (
-    IdentityError,
-    load_private_key,
-    load_public_key,
-    sign_directory,
-    verify_directory,
-)
-from fhe_toolkit.jobs import ServerJob
-from fhe_toolkit.manifest import MANIFEST, utc_now
-from fhe_toolkit.modelspec import ModelSpec, QuantizerSpec, load_spec
-from fhe_toolkit.pool import RowsCrashedError, run_rows
+from fhe_toolkit.fhe.server_library import SERVER_ZIP, ensure_server_library
+from fhe_toolkit.fhe.versions import package_versions
+from fhe_toolkit.protocol.families import Family, get_family
+from fhe_toolkit.protocol.manifest import utc_now
+from fhe_toolkit.protocol.modelspec import ModelSpec, QuantizerSpec, read_spec
 from fhe_toolkit.scoring import score_eras, summarize
-from fhe_toolkit.server_library import SERVER_ZIP, ensure_server_library
 
 SPEC_FILE = "model_spec.json"
 DEPLOYMENT_DIR = "deployment"
 TRAINING_FILE = "training.json"
-
-
-class ParticipantError(FheToolkitError, ValueError):
-    """A participant-side step that cannot go ahead as asked."""
 
 
 @dataclass
@@ -99,7 +81,7 @@ def train_model(
 ) -> TrainedModel:
     """Fit a Concrete ML model of ``family`` on the training rows.
 
-    ``params`` override the family's defaults (see :data:`fhe_toolkit.families.FAMILIES`).
+    ``params`` override the family's defaults (see :data:`fhe_toolkit.protocol.families.FAMILIES`).
     Classification families learn whether the target is above its median bucket (0.5); the
     neural net learns the target as buckets -2..2 (scores are rank-based, so this changes none).
     Rows with a NaN target are left out.
@@ -219,7 +201,7 @@ def export_model(model: TrainedModel, out_dir: str | Path, name: str) -> ModelSp
 def load_model_dir(model_dir: str | Path) -> tuple[ModelSpec, Path]:
     """The spec and deployment directory of an exported model, checked to belong together."""
     root = Path(model_dir)
-    spec = load_spec(root / SPEC_FILE)
+    spec = read_spec(root / SPEC_FILE, ModelSpec)
     deployment = root / DEPLOYMENT_DIR
     if not (deployment / SERVER_ZIP).is_file():
         raise ParticipantError(
@@ -227,15 +209,6 @@ def load_model_dir(model_dir: str | Path) -> tuple[ModelSpec, Path]:
             "(see `fhe-toolkit participant train`)."
         )
     return spec, deployment
-
-
-def package_versions() -> dict[str, str]:
-    return {
-        "concrete-ml": metadata.version("concrete-ml"),
-        "concrete-python": metadata.version("concrete-python"),
-        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
-        "fhe-toolkit": __version__,
-    }
 
 
 def _features(data: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
@@ -250,109 +223,3 @@ def _features(data: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
 
 def _jsonable(value: Any) -> Any:
     return value if isinstance(value, str | int | float | bool | type(None)) else repr(value)
-
-
-class RunError(FheToolkitError, RuntimeError):
-    """Rows the FHE runtime could not process; finished rows stay in the checkpoint."""
-
-
-CHECKPOINT = ".checkpoint.sqlite"
-
-
-def run_bundle(
-    bundle_dir: str | Path,
-    model_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    identity: str | Path,
-    fund_key: str | Path | bytes | None = None,
-    workers: int | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> Path:
-    """Run the exported model on every encrypted row of a round bundle; write the submission,
-    signed with the participant's private key ``identity`` (the fund refuses it otherwise).
-
-    ``fund_key``: the fund's public key (file or hex): the bundle must carry the fund's
-    signature. Rows run in worker processes on all cores (a crash of Concrete's runtime costs a
-    worker, and is reported with the row's ids). Finished batches are checkpointed in
-    ``out_dir``, so running again after an interruption only computes what is left, and running
-    again after success does nothing. ``on_progress(rows_done, rows)`` reports progress.
-    Returns the submission directory (``out_dir``).
-    """
-    signing_key = load_private_key(identity)
-    spec, deployment = load_model_dir(model_dir)
-    bundle = open_bundle(bundle_dir)
-    if fund_key is not None:
-        key = fund_key if isinstance(fund_key, bytes) else load_public_key(fund_key)
-        try:
-            verify_directory(bundle_dir, key, "the fund")
-        except IdentityError as exc:
-            raise ParticipantError(f"not running this bundle: {exc}") from None
-    if bundle.manifest.model != spec.name or bundle.manifest.spec_sha256 != spec.sha256():
-        raise ParticipantError(
-            f"{bundle_dir} was encrypted for model {bundle.manifest.model!r} (spec "
-            f"{bundle.manifest.spec_sha256[:12]}…), but {model_dir} holds model {spec.name!r} "
-            f"(spec {spec.sha256()[:12]}…); run each bundle with the model it was made for."
-        )
-    mine = package_versions()
-    if spec.versions.get("concrete-python") != mine["concrete-python"]:
-        raise ParticipantError(
-            f"the model was compiled with concrete-python {spec.versions.get('concrete-python')}"
-            f" but {mine['concrete-python']} is installed; re-export it with this version."
-        )
-    out = Path(out_dir)
-    if (out / MANIFEST).exists():
-        finished = open_submission(out)
-        if finished.manifest.bundle_sha256 == bundle.sha256:
-            sign_directory(out, signing_key)
-            return out
-        raise ParticipantError(
-            f"{out} holds the submission for another bundle (round "
-            f"{finished.manifest.round_id!r}); write this one to a new --out."
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    library = ensure_server_library(deployment)
-    table = bundle.ciphertexts()
-    sizes = table["ids"].map(len).tolist()
-    checkpoint = Checkpoint(out / CHECKPOINT, owner=bundle.sha256)
-    try:
-        done = checkpoint.done()
-        finished = sum(sizes[b] for b in done)
-
-        def report(batch: int | None = None) -> None:
-            nonlocal finished
-            finished += 0 if batch is None else sizes[batch]
-            if on_progress is not None:
-                on_progress(finished, sum(sizes))
-
-        report()
-        try:
-            failures = run_rows(
-                ServerJob(str(library), str(bundle.evaluation_keys_path)),
-                table["ciphertext"].tolist(),
-                [b for b in range(len(sizes)) if b not in done],
-                checkpoint.add,
-                workers=workers,
-                chunk_size=1 if spec.batch_size > 1 else 4,
-                on_done=report,
-            )
-        except RowsCrashedError as exc:
-            failures = exc.failures
-        checkpoint.commit()
-        if failures:
-            listing = "; ".join(
-                f"batch {f.position} (ids {list(table['ids'][f.position][:2])}…): {f.reason}"
-                for f in failures[:3]
-            )
-            raise RunError(
-                f"{len(failures)} batch(es) failed: {listing}. If every batch fails, the bundle's "
-                f"keys or ciphertexts do not fit this model. Finished rows are kept in "
-                f"{out / CHECKPOINT}; running again computes only what is left."
-            )
-        write_submission(out, bundle, [data for _, data in checkpoint.outputs()], mine)
-        sign_directory(out, signing_key)
-    except BaseException:
-        checkpoint.close()
-        raise
-    checkpoint.close(delete=True)
-    return out

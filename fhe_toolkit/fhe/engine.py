@@ -21,8 +21,15 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
+from fhe_toolkit.errors import (
+    RowFailedError,
+    RowsCrashedError,
+    WorkerCrashedError,
+    WorkerSetupError,
+)
 
-class RowJob(Protocol):
+
+class Task(Protocol):
     """A picklable description of per-row work; ``setup`` runs once in each worker."""
 
     def setup(self) -> Callable[[bytes], Any]: ...
@@ -44,32 +51,28 @@ class _Worker:
     done_in_chunk: int = 0
 
 
-def _worker_main(job: RowJob, conn: Connection) -> None:
+def _worker_main(task: Task, conn: Connection) -> None:
     # One thread per worker: rows are the parallel unit, so threads inside a row only compete.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
-        function = job.setup()
+        function = task.setup()
     except Exception:
         conn.send(("setup_failed", traceback.format_exc(limit=3)))
         return
     conn.send(("ready", None))
     while True:
-        task = conn.recv()
-        if task is None:
+        chunk = conn.recv()
+        if chunk is None:
             return
-        for position, item in task:
+        for position, item in chunk:
             try:
                 conn.send(("row", (position, function(item))))
             except Exception as exc:
                 conn.send(("row_error", (position, f"{type(exc).__name__}: {exc}")))
 
 
-class WorkerSetupError(RuntimeError):
-    """Workers could not even start the job (e.g. the model or keys could not be loaded)."""
-
-
 def run_rows(
-    job: RowJob,
+    task: Task,
     items: Sequence[bytes],
     positions: Iterable[int],
     on_result: Callable[[int, Any], None],
@@ -79,15 +82,15 @@ def run_rows(
     on_done: Callable[[int], None] | None = None,
     max_consecutive_crashes: int = 3,
 ) -> list[RowFailure]:
-    """Apply ``job`` to ``items[p]`` for every position ``p``, in parallel worker processes.
+    """Apply ``task`` to ``items[p]`` for every position ``p``, in parallel worker processes.
 
     ``on_result(position, output)`` is called in this process as each row finishes (in no
     particular order), so the caller can checkpoint it. ``on_done(position)`` is called for every
     row finished or failed, for progress. Returns the rows that failed.
 
-    Raises :class:`WorkerSetupError` if a worker cannot load the job, and
+    Raises :class:`WorkerSetupError` if a worker cannot load the task, and
     :class:`RowsCrashedError` after ``max_consecutive_crashes`` crashes with no row succeeding in
-    between: then the job's inputs do not fit it at all, and retrying every row would take hours.
+    between: then the task's inputs do not fit it at all, and retrying every row would take hours.
     """
     queue = deque(_chunks(list(positions), chunk_size))
     if not queue:
@@ -107,7 +110,7 @@ def run_rows(
     crashes_in_a_row = 0
     try:
         # All workers load at once: loading is most of a short run's fixed cost.
-        pool.extend(_launch(job) for _ in range(count))
+        pool.extend(_launch(task) for _ in range(count))
         for worker in pool:
             _wait_ready(worker)
             assign(worker)
@@ -146,7 +149,7 @@ def run_rows(
                         queue.appendleft(rest)
                     pool.remove(worker)
                     if queue:
-                        pool.append(_launch(job))
+                        pool.append(_launch(task))
                         _wait_ready(pool[-1])
                         assign(pool[-1])
     finally:
@@ -154,19 +157,19 @@ def run_rows(
     return sorted(failures, key=lambda f: f.position)
 
 
-class JobWorker:
+class SequentialWorker:
     """One worker process for sequential work, where each item needs the previous result.
 
-    ``call(item)`` returns the job's output, or raises :class:`WorkerCrashedError` if the
+    ``call(item)`` returns the task's output, or raises :class:`WorkerCrashedError` if the
     runtime kills the worker (a fresh one is started for the next call) or
-    :class:`RowFailedError` if the job raised. Use it as a context manager.
+    :class:`RowFailedError` if the task raised. Use it as a context manager.
     """
 
-    def __init__(self, job: RowJob) -> None:
-        self.job = job
+    def __init__(self, task: Task) -> None:
+        self.task = task
         self._worker: _Worker | None = None
 
-    def __enter__(self) -> JobWorker:
+    def __enter__(self) -> SequentialWorker:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -174,7 +177,7 @@ class JobWorker:
 
     def call(self, item: Any) -> Any:
         if self._worker is None or not self._worker.process.is_alive():
-            self._worker = _launch(self.job)
+            self._worker = _launch(self.task)
             _wait_ready(self._worker)
         worker = self._worker
         worker.chunk, worker.done_in_chunk = [0], 0
@@ -187,18 +190,10 @@ class JobWorker:
         raise WorkerCrashedError(_crash(worker).reason)
 
 
-class RowFailedError(RuntimeError):
-    """The job raised on an item."""
-
-
-class WorkerCrashedError(RuntimeError):
-    """The FHE runtime killed the worker on an item."""
-
-
-def _launch(job: RowJob) -> _Worker:
+def _launch(task: Task) -> _Worker:
     context = mp.get_context("spawn")
     parent, child = context.Pipe(duplex=True)
-    process = context.Process(target=_worker_main, args=(job, child), daemon=True)
+    process = context.Process(target=_worker_main, args=(task, child), daemon=True)
     process.start()
     child.close()
     return _Worker(process, parent)
@@ -226,17 +221,6 @@ def _stop(workers: list[_Worker]) -> None:
         worker.process.join(timeout=10)
         if worker.process.is_alive():
             worker.process.kill()
-
-
-class RowsCrashedError(RuntimeError):
-    """Every row tried crashed the runtime: the inputs (keys, ciphertexts) do not fit the job."""
-
-    def __init__(self, failures: list[RowFailure]) -> None:
-        self.failures = failures
-        super().__init__(
-            f"the FHE runtime crashed on {len(failures)} row(s) in a row "
-            f"(first: row {failures[0].position}: {failures[0].reason})"
-        )
 
 
 def _receive(worker: _Worker) -> tuple[str, Any]:

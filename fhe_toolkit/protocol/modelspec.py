@@ -6,11 +6,11 @@ the same information as validated JSON numbers and strings instead:
 
 - the client crypto specs (Concrete's own JSON: key and ciphertext parameters),
 - the input quantizers and the output quantizer (scale, zero point, bits...),
-- the family (which fixes the post-processing, see :mod:`fhe_toolkit.families`), the feature
-  list, the target, rows per ciphertext, and the package versions it was compiled with.
+- the family (which fixes the post-processing, see :mod:`fhe_toolkit.protocol.families`), the
+  feature list, the target, rows per ciphertext, and the package versions it was compiled with.
 
-:class:`SpecCodec` turns a spec into what the fund does with it: quantize feature rows, and turn
-decrypted integers into predictions, with Concrete ML's own quantizer arithmetic.
+:class:`fhe_toolkit.fhe.codecs.SpecCodec` turns a spec into what the fund does with it: quantize
+feature rows, and turn decrypted integers into predictions, with Concrete ML's own arithmetic.
 """
 
 from __future__ import annotations
@@ -25,18 +25,16 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fhe_toolkit.errors import FheToolkitError
-from fhe_toolkit.families import FAMILIES, Family, get_family, post_process
+from fhe_toolkit.errors import SpecError
+from fhe_toolkit.protocol.families import FAMILIES, Family, get_family
+from fhe_toolkit.protocol.files import read_regular
 
 MAX_SPEC_BYTES = 2_000_000
 MAX_FEATURES = 5_000
+MAX_WEIGHT_BITS = 16
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 Number = Annotated[float, Field(allow_inf_nan=False)]
-
-
-class SpecError(FheToolkitError, ValueError):
-    """A model spec that cannot be registered or used, with the reason."""
 
 
 class QuantizerSpec(BaseModel):
@@ -68,25 +66,13 @@ class QuantizerSpec(BaseModel):
     @field_validator("zero_point")
     @classmethod
     def _finite_zero_point(cls, value: float | list[Any]) -> float | list[Any]:
-        flat = np.asarray(value, dtype=np.float64).ravel()
+        try:
+            flat = np.asarray(value, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            raise ValueError("zero_point must hold numbers only") from None
         if flat.size == 0 or not np.all(np.isfinite(flat)):
             raise ValueError("zero_point must hold finite numbers")
         return value
-
-    def build(self) -> Any:
-        """A Concrete ML ``UniformQuantizer`` with these parameters (no decoding of objects)."""
-        from concrete.ml.quantization.quantizers import UniformQuantizer
-
-        values = self.model_dump()
-        values["scale"] = np.float64(self.scale) if not isinstance(self.scale, list) else (
-            np.asarray(self.scale, dtype=np.float64)
-        )  # fmt: skip
-        values["zero_point"] = (
-            np.asarray(self.zero_point, dtype=np.float64)
-            if isinstance(self.zero_point, list)
-            else self.zero_point
-        )
-        return UniformQuantizer.load_dict({k: v for k, v in values.items() if v is not None})
 
     @classmethod
     def from_quantizer(cls, quantizer: Any) -> QuantizerSpec:
@@ -100,7 +86,8 @@ class QuantizerSpec(BaseModel):
 
 
 class PublicSpec(BaseModel):
-    """A participant's public, plain-JSON description of a compiled circuit."""
+    """What every public spec holds: a name, the target and features, and the versions of the
+    packages it was made with."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     KIND: ClassVar[str] = "spec"
@@ -108,7 +95,6 @@ class PublicSpec(BaseModel):
     name: str = Field(pattern=NAME_PATTERN)
     target: str = Field(pattern=r"^target(_[A-Za-z0-9_]+)?$")
     features: list[str] = Field(min_length=1, max_length=MAX_FEATURES)
-    client_specs: dict[str, Any]
     versions: dict[str, str]
 
     @field_validator("features")
@@ -129,11 +115,17 @@ class PublicSpec(BaseModel):
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
+
+class CircuitSpec(PublicSpec):
+    """A public spec of a compiled Concrete circuit: the fund makes keys from its client specs."""
+
+    client_specs: dict[str, Any]
+
     def client_specs_bytes(self) -> bytes:
         return json.dumps(self.client_specs).encode()
 
 
-class ModelSpec(PublicSpec):
+class ModelSpec(CircuitSpec):
     """Everything the fund needs to encrypt for, and decode the outputs of, one compiled model."""
 
     KIND: ClassVar[str] = "model spec"
@@ -175,6 +167,46 @@ class ModelSpec(PublicSpec):
         return get_family(self.family)
 
 
+class LinearSpec(PublicSpec):
+    """A linear model that runs on the round's packed (GLWE) encryption of the live features.
+
+    The participant's integer weights ``w`` (one per feature, ``|w| <= weight_bound``) stay with
+    the participant; the fund decrypts ``x · w`` for each live row ``x`` (feature values 0..4),
+    checks that it is exactly that, and predicts ``post_process(scale · (x · w) + intercept)``
+    (``post_process`` by family: identity, or the sigmoid for ``logistic``).
+    """
+
+    KIND: ClassVar[str] = "linear model spec"
+
+    format: Literal["fhe-toolkit/linear-spec"] = "fhe-toolkit/linear-spec"
+    format_version: Literal[1] = 1
+    family: str
+    weight_bits: int = Field(ge=2, le=MAX_WEIGHT_BITS)
+    """Signed weights of this many bits: ``|w| <= 2**(weight_bits - 1) - 1``."""
+    scale: Number = Field(gt=0)
+    intercept: Number
+
+    @field_validator("family")
+    @classmethod
+    def _linear_family(cls, value: str) -> str:
+        if value not in FAMILIES or not FAMILIES[value].packable:
+            packable = sorted(name for name, family in FAMILIES.items() if family.packable)
+            raise ValueError(f"a linear spec's family is one of {packable}, not {value!r}")
+        return value
+
+    @property
+    def weight_bound(self) -> int:
+        return int(2 ** (self.weight_bits - 1) - 1)
+
+    @property
+    def family_info(self) -> Family:
+        return get_family(self.family)
+
+
+AnyModelSpec = ModelSpec | LinearSpec
+"""A model spec of either path: a compiled circuit with its own keys, or packed linear."""
+
+
 def circuit_shapes(client_specs: dict[str, Any]) -> tuple[list[list[int]], int]:
     """The encrypted inputs' shapes and the number of outputs, read from Concrete's client specs
     JSON (one circuit is all the toolkit accepts)."""
@@ -200,26 +232,35 @@ def circuit_shapes(client_specs: dict[str, Any]) -> tuple[list[list[int]], int]:
 S = TypeVar("S", bound=PublicSpec)
 
 
-def load_spec(path: str | Path) -> ModelSpec:
-    """Read and validate a model spec file."""
-    return read_spec(path, ModelSpec)
+def load_spec(path: str | Path) -> AnyModelSpec:
+    """Read and validate a model spec file of either kind (its ``format`` says which)."""
+    data = read_regular(path, MAX_SPEC_BYTES, "a model spec", SpecError)
+    return model_spec_from(_decode(data, path, "model spec"), str(path))
+
+
+def model_spec_from(raw: object, source: str) -> AnyModelSpec:
+    """A model spec of the kind its ``format`` names, from decoded JSON."""
+    is_linear = (
+        isinstance(raw, dict) and raw.get("format") == LinearSpec.model_fields["format"].default
+    )
+    spec_type: type[AnyModelSpec] = LinearSpec if is_linear else ModelSpec
+    return validate_spec(raw, spec_type, source)
 
 
 def read_spec(path: str | Path, spec_type: type[S]) -> S:
     """Read and validate a spec file. Plain JSON only: nothing in it is executed or unpickled."""
-    path = Path(path)
     kind = spec_type.KIND
+    data = read_regular(path, MAX_SPEC_BYTES, f"a {kind}", SpecError)
+    return validate_spec(_decode(data, path, kind), spec_type, str(path))
+
+
+def _decode(data: bytes, path: str | Path, kind: str) -> object:
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise SpecError(f"{path} does not exist.") from None
-    if size > MAX_SPEC_BYTES:
-        raise SpecError(f"{path} is {size:,} bytes; a {kind} is at most {MAX_SPEC_BYTES:,}.")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SpecError(f"{path} is not JSON text ({exc}); a {kind} is plain JSON.") from None
-    return validate_spec(raw, spec_type, str(path))
+    except RecursionError:
+        raise SpecError(f"{path} nests too deeply to be a {kind}.") from None
 
 
 def validate_spec(raw: object, spec_type: type[S], source: str) -> S:
@@ -231,38 +272,6 @@ def validate_spec(raw: object, spec_type: type[S], source: str) -> S:
             f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in exc.errors()[:8]
         )
         raise SpecError(f"{source} is not a valid {spec_type.KIND}: {problems}") from None
-
-
-class SpecCodec:
-    """The fund's side of a spec: quantize feature rows, decode decrypted outputs."""
-
-    def __init__(self, spec: ModelSpec) -> None:
-        self.spec = spec
-        self.family = spec.family_info
-        self.input_quantizers = [q.build() for q in spec.input_quantizers]
-        self.output_quantizer = spec.output_quantizer.build()
-
-    def quantize(self, features: np.ndarray) -> np.ndarray:
-        """Feature rows (n × n_features) to the circuit's integers, as Concrete ML does.
-
-        The rows are taken as float32, the dtype the participant's model was fit and checked on:
-        with NumPy 1.x promotion the quantizer's arithmetic then runs in float32, and values that
-        fall on a rounding tie (2 on a 0..4 range at 8 bits) round as they did for the model.
-        """
-        values = np.asarray(features, dtype=np.float32)
-        if values.ndim != 2 or values.shape[1] != len(self.spec.features):
-            raise SpecError(
-                f"expected rows of {len(self.spec.features)} features, got shape {values.shape}."
-            )
-        if len(self.input_quantizers) == 1:
-            return self.input_quantizers[0].quant(values)
-        return np.column_stack(
-            [q.quant(values[:, i]) for i, q in enumerate(self.input_quantizers)]
-        ).astype(np.int64)
-
-    def decode(self, decrypted: np.ndarray) -> np.ndarray:
-        """Decrypted integers (rows × outputs) to one prediction per row."""
-        return post_process(self.family, self.output_quantizer.dequant(np.asarray(decrypted)))
 
 
 def _plain(value: Any) -> Any:

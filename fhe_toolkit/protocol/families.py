@@ -35,18 +35,20 @@ class Family:
     batch_size: int
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    packable: bool = False
+    """A linear model, which runs on the round's packed encryption by default."""
 
 
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
         Family("linear", "LinearRegression", "regression", "identity", 64, {"n_bits": 8},
-               "ordinary least squares; no bootstrapping, ~5 ms a row"),
+               "ordinary least squares; packed round by default", packable=True),
         Family("ridge", "Ridge", "regression", "identity", 64, {"n_bits": 8, "alpha": 10.0},
-               "L2-regularized least squares; no bootstrapping"),
+               "L2-regularized least squares; packed round by default", packable=True),
         Family("logistic", "LogisticRegression", "classification", "sigmoid", 64,
                {"n_bits": 8, "C": 1.0, "max_iter": 500},
-               "P(target above its median bucket); no bootstrapping"),
+               "P(target above its median bucket); packed round by default", packable=True),
         Family("decision_tree", "DecisionTreeRegressor", "regression", "sum_trees", 1,
                {"n_bits": 3, "max_depth": 3, "min_samples_leaf": 20},
                "one shallow tree; ~0.3 s a row at depth 3"),

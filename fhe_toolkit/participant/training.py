@@ -26,28 +26,29 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from fhe_toolkit.checkpoint import Checkpoint
 from fhe_toolkit.data.schema import FEATURE_VALUES
-from fhe_toolkit.families import get_family
-from fhe_toolkit.jobs import ServerJob
-from fhe_toolkit.manifest import MANIFEST
-from fhe_toolkit.modelspec import QuantizerSpec, read_spec
-from fhe_toolkit.participant import (
-    CHECKPOINT,
-    DEPLOYMENT_DIR,
-    ParticipantError,
-    RunError,
-    TrainedModel,
-    package_versions,
+from fhe_toolkit.errors import ParticipantError, RowFailedError, RunError, WorkerCrashedError
+from fhe_toolkit.fhe.engine import SequentialWorker
+from fhe_toolkit.fhe.server_library import SERVER_ZIP, ensure_server_library
+from fhe_toolkit.fhe.tasks import ServerTask
+from fhe_toolkit.fhe.versions import package_versions
+from fhe_toolkit.participant.model import DEPLOYMENT_DIR, TrainedModel
+from fhe_toolkit.participant.outputs import CHECKPOINT, finished_answer, open_checkpoint
+from fhe_toolkit.protocol.artifacts import (
+    BIAS,
+    EVALUATION_KEYS,
+    INITIAL_BIAS,
+    INITIAL_WEIGHTS,
+    TRAINING_BUNDLE,
+    TRAINING_RESULT,
+    WEIGHTS,
+    answer_fields,
+    open_artifact,
+    write_artifact,
 )
-from fhe_toolkit.pool import JobWorker, RowFailedError, WorkerCrashedError
-from fhe_toolkit.server_library import SERVER_ZIP, ensure_server_library
-from fhe_toolkit.training_bundle import (
-    open_training_bundle,
-    open_training_result,
-    write_training_result,
-)
-from fhe_toolkit.training_spec import TrainedWeights, TrainingSpec
+from fhe_toolkit.protocol.families import get_family
+from fhe_toolkit.protocol.modelspec import QuantizerSpec, read_spec
+from fhe_toolkit.protocol.training_spec import TrainedWeights, TrainingSpec
 
 TRAINING_SPEC_FILE = "training_spec.json"
 JOB_FILE = "job.json"
@@ -177,7 +178,7 @@ def run_training_bundle(
     a worker process, so a crash of Concrete's runtime is reported, not fatal. Returns
     ``out_dir``, which holds the encrypted weights and bias and their manifest for the fund.
     """
-    bundle = open_training_bundle(bundle_dir)
+    bundle = open_artifact(bundle_dir, TRAINING_BUNDLE)
     spec, deployment = load_training_job(job_dir)
     if bundle.spec.sha256() != spec.sha256():
         raise ParticipantError(
@@ -185,27 +186,21 @@ def run_training_bundle(
             f"({bundle.spec.name!r}), not for the job in {job_dir} ({spec.sha256()[:12]}…)."
         )
     out = Path(out_dir)
-    if (out / MANIFEST).exists():
-        finished = open_training_result(out)
-        if finished.manifest.bundle_sha256 == bundle.sha256:
-            return out
-        raise ParticipantError(
-            f"{out} holds the result of another training bundle (job "
-            f"{finished.manifest.round_id!r}); write this one to a new --out."
-        )
-    out.mkdir(parents=True, exist_ok=True)
+    if finished_answer(out, bundle, TRAINING_RESULT):
+        return out
     library = ensure_server_library(deployment)
     batches = bundle.batches()
     steps = len(batches)
-    checkpoint = Checkpoint(out / CHECKPOINT, owner=bundle.sha256)
-    try:
+    with open_checkpoint(out, bundle) as checkpoint:
         saved = checkpoint.latest()
         first, state = (
-            (saved[0] + 1, _unpack(saved[1])) if saved else (0, bundle.initial_parameters())
+            (saved[0] + 1, _unpack(saved[1]))
+            if saved
+            else (0, (bundle.read(INITIAL_WEIGHTS), bundle.read(INITIAL_BIAS)))
         )
         _call(on_progress, first, steps)
-        job = ServerJob(str(library), str(bundle.evaluation_keys_path))
-        with JobWorker(job) as worker:
+        task = ServerTask(str(library), str(bundle.path(EVALUATION_KEYS)))
+        with SequentialWorker(task) as worker:
             for step in range(first, steps):
                 try:
                     state = worker.call((batches.at[step, "x"], batches.at[step, "y"], *state))
@@ -219,11 +214,13 @@ def run_training_bundle(
                 checkpoint.discard_before(step)
                 checkpoint.commit()
                 _call(on_progress, step + 1, steps)
-        write_training_result(out, bundle, (state[0], state[1]), package_versions())
-    except BaseException:
-        checkpoint.close()
-        raise
-    checkpoint.close(delete=True)
+        write_artifact(
+            out,
+            TRAINING_RESULT,
+            blobs={WEIGHTS: state[0], BIAS: state[1]},
+            versions=package_versions(),
+            **answer_fields(bundle),
+        )
     return out
 
 

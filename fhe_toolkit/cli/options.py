@@ -1,0 +1,59 @@
+"""Options that several commands take, declared once so they read the same everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fhe_toolkit.data.io import FEATURES_JSON
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def out_dir_option(help: str, *, required: bool = True, default: str | None = None) -> Decorator:
+    """``--out DIR``, passed as ``out_dir``."""
+    return click.option(
+        "--out", "out_dir", required=required and default is None, default=default,
+        show_default=default is not None, type=click.Path(file_okay=False, path_type=Path),
+        help=help,
+    )  # fmt: skip
+
+
+def live_option(help: str) -> Decorator:
+    """``--live FILE``: Numerai-format live rows, passed as ``live_path``."""
+    return click.option(
+        "--live", "live_path", required=True, type=click.Path(path_type=Path), help=help
+    )
+
+
+def train_option(help: str) -> Decorator:
+    """``--train FILE``: Numerai-format training rows, passed as ``train_path``."""
+    return click.option(
+        "--train", "train_path", required=True, type=click.Path(path_type=Path), help=help
+    )
+
+
+def validation_option(help: str) -> Decorator:
+    """``--validation FILE``, passed as ``validation_path``."""
+    return click.option(
+        "--validation", "validation_path", type=click.Path(path_type=Path), help=help
+    )
+
+
+def features_json_option(beside: str) -> Decorator:
+    """``--features-json FILE``; by default ``features.json`` beside ``beside`` (an argument)."""
+    return click.option(
+        "--features-json",
+        type=click.Path(path_type=Path),
+        help=f"Path to features.json (default: {FEATURES_JSON} beside {beside}).",
+    )
+
+
+def workers_option(what: str) -> Decorator:
+    """``--workers N``: worker processes for ``what``."""
+    return click.option(
+        "--workers", type=int, help=f"Worker processes for {what} (default: one per core)."
+    )

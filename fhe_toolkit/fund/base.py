@@ -1,0 +1,102 @@
+"""What every part of the fund shares: its directory, its records, its key store and identity.
+
+A fund directory::
+
+    fund/
+      fund.db                       the records (SQLite by default; any SQLAlchemy URL):
+                                    participants and their public keys, models and spec
+                                    versions, stakes and their history, rounds, bundles,
+                                    submissions, per-era scores, payouts, reputation,
+                                    encrypted training jobs
+      rounds/<round>/live_ids.parquet
+      rounds/<round>/bundles/<model>/        published to that model's participant
+      rounds/<round>/submissions/<model>/    received, kept as sent
+      rounds/<round>/predictions/<model>.parquet   decrypted predictions (private)
+      rounds/<round>/results/       per-era scores, scores and payouts (rounded aggregates)
+      training/<job>/               encrypted training jobs (see fhe_toolkit.fund.training)
+
+Secret keys live in the key store (``keys/`` by default), never in the fund directory's bundles;
+so does the fund's signing key (``fund_signing_key.pem``; its ``.pub`` goes to participants).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fhe_toolkit.errors import FundError
+from fhe_toolkit.fhe.keystore import KeyStore
+from fhe_toolkit.protocol.modelspec import ModelSpec, validate_spec
+from fhe_toolkit.protocol.signing import create_identity, load_private_key, public_bytes
+from fhe_toolkit.registry import Registry, RoundRecord
+
+DATABASE = "fund.db"
+FUND_IDENTITY = "fund_signing_key.pem"
+REPUTATION_ROUNDS = 4
+"""Reputation: the mean payout score over a model's last this many resolved rounds."""
+
+
+class FundBase:
+    """The fund's records (a SQL database), rounds on disk, and keys in the key store.
+
+    ``database``: an SQLAlchemy URL; by default a SQLite file ``fund.db`` in ``root``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "fund",
+        key_store: str | Path = "keys",
+        *,
+        database: str | None = None,
+        reputation_rounds: int = REPUTATION_ROUNDS,
+    ) -> None:
+        self.root = Path(root)
+        self.keys = KeyStore(key_store)
+        if database is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            database = f"sqlite:///{self.root / DATABASE}"
+        self.db = Registry(database)
+        self.reputation_rounds = reputation_rounds
+
+    # --- identity, models and rounds -------------------------------------------------------
+    @property
+    def identity_path(self) -> Path:
+        """The fund's private signing key (in the key store); ``.pub`` beside it is public."""
+        return self.keys.root / FUND_IDENTITY
+
+    def public_key(self) -> bytes:
+        """The fund's public signing key, made on first use: give it to every participant."""
+        if not self.identity_path.exists():
+            return create_identity(self.identity_path)
+        return public_bytes(load_private_key(self.identity_path))
+
+    def models(self) -> pd.DataFrame:
+        """Registered models: owner, family, target, stake, version."""
+        return self.db.models()
+
+    def spec(self, model: str) -> ModelSpec:
+        text = self.db.spec_json(model)
+        return validate_spec(json.loads(text), ModelSpec, f"the registered spec of {model!r}")
+
+    def round_dir(self, round_id: str) -> Path:
+        return self.root / "rounds" / round_id
+
+    def round_record(self, round_id: str) -> RoundRecord:
+        """The round's state, and per model its bundle and where its submission stands."""
+        return self.db.round_record(round_id)
+
+    def predictions(self, round_id: str) -> pd.DataFrame:
+        folder = self.round_dir(round_id) / "predictions"
+        files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+        if not files:
+            raise FundError(f"no submission of round {round_id!r} was received yet.")
+        return pd.concat([pd.read_parquet(f) for f in files], axis=1)
+
+
+def report_progress(callback: Callable[..., None] | None, *args: Any) -> None:
+    if callback is not None:
+        callback(*args)

@@ -1,0 +1,187 @@
+"""One receive path for what participants send back: round submissions and training results.
+
+Each answer goes through the same steps: its manifest and files check out (done by opening it),
+it is bound to what the fund sent (round or job, model, key set, spec, bundle), a copy is kept
+as sent, and it is decrypted once in worker processes, after which its keys are retired
+whatever happened: a key set decrypts once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fhe_toolkit.errors import FundError, IdentityError, RowsCrashedError
+from fhe_toolkit.fhe.codecs import SpecCodec
+from fhe_toolkit.fhe.engine import RowFailure, run_rows
+from fhe_toolkit.fhe.keystore import SPECS, KeyStore
+from fhe_toolkit.fhe.tasks import DecryptTask
+from fhe_toolkit.fund.base import FundBase, report_progress
+from fhe_toolkit.protocol.artifacts import SUBMISSION, Artifact, open_artifact
+from fhe_toolkit.protocol.modelspec import ModelSpec, validate_spec
+from fhe_toolkit.protocol.signing import signed_by, verify_directory
+from fhe_toolkit.registry import SubmissionStatus
+
+
+def check_binding(
+    answer: Artifact, expected: Mapping[str, object], noun: str, answers: str
+) -> None:
+    """Refuse ``answer`` unless each manifest field in ``expected`` has the expected value.
+
+    ``noun`` names the answer ("submission"), ``answers`` what it must answer ("training job
+    'j1'"), for the message.
+    """
+    for field, value in expected.items():
+        found = getattr(answer.manifest, field)
+        if found != value:
+            raise FundError(
+                f"the {noun}'s {field} ({str(found)[:16]}) does not match {answers} "
+                f"({str(value)[:16]}): it was made from another bundle or was altered."
+            )
+
+
+def keep_copy(answer: Artifact, target: Path) -> None:
+    """Copy the answer to ``target`` as sent, via a staging folder so a crash leaves no half
+    copy; a copy left by an attempt cut off before decryption is replaced."""
+    shutil.rmtree(target, ignore_errors=True)
+    staging = target.with_name(f".{target.name}.receiving")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(answer.directory, staging)
+    staging.rename(target)
+
+
+def decrypt_once(
+    keys: KeyStore,
+    scope: str,
+    name: str,
+    items: Sequence[Any],
+    *,
+    reason: str,
+    workers: int | None = None,
+    on_done: Callable[[int], None] | None = None,
+) -> tuple[dict[int, Any], list[RowFailure]]:
+    """Decrypt every item with the key set of (``scope``, ``name``) in worker processes, then
+    retire the key set (``reason`` is recorded), whatever happened.
+
+    Returns the decrypted items by position, and the items that could not be decrypted (the
+    runtime crashed or refused them: they were not computed under these keys).
+    """
+    task = DecryptTask(str(keys.directory(scope, name) / SPECS), str(keys.keyset_path(scope, name)))
+    decrypted: dict[int, Any] = {}
+    try:
+        failures = run_rows(
+            task, items, range(len(items)), decrypted.__setitem__,
+            workers=workers, chunk_size=32, on_done=on_done,
+        )  # fmt: skip
+    except RowsCrashedError as exc:
+        failures = exc.failures
+    finally:
+        keys.retire(scope, name, reason=reason)
+    return decrypted, failures
+
+
+class Intake(FundBase):
+    def receive(
+        self,
+        round_id: str,
+        submission_dir: str | Path,
+        *,
+        workers: int | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> pd.Series:
+        """Check a submission, decrypt it once, retire its keys, and keep the predictions.
+
+        Refused before any decryption (keys kept, the participant can fix and resend): a
+        manifest or file that does not check out, another round, model, key set or bundle,
+        missing or repeated batches, a signature that is not the model owner's, a model already
+        received, a round closed or past its deadline. After decryption the keys are retired
+        whatever happens. Returns the predictions by id.
+        """
+        record = self.round_record(round_id)
+        submission = open_artifact(submission_dir, SUBMISSION)
+        model = submission.manifest.model
+        if submission.manifest.round_id != round_id:
+            raise FundError(
+                f"this submission answers round {submission.manifest.round_id!r}, not {round_id!r}."
+            )
+        bundle = record.bundles.get(model)
+        if bundle is None:
+            raise FundError(f"model {model!r} has no bundle in round {round_id!r}.")
+        expected = {
+            "key_set_id": bundle.key_set_id,
+            "spec_sha256": bundle.spec_sha256,
+            "bundle_sha256": bundle.bundle_sha256,
+            "n_batches": bundle.n_batches,
+        }
+        check_binding(
+            submission, expected, "submission",
+            f"the bundle sent for model {model!r} in round {round_id!r}",
+        )  # fmt: skip
+        ciphertexts = submission.batches()["ciphertext"].tolist()
+        signer = self._check_signature(submission.directory, model)
+        self.db.accept_submission(round_id, model, submission.sha256, signer)
+        keep_copy(submission, self.round_dir(round_id) / "submissions" / model)
+
+        # The version the round was opened with: the model may have a newer one by now.
+        spec = validate_spec(json.loads(bundle.spec_json), ModelSpec, f"{model!r} in {round_id!r}")
+        sizes = [len(batch) for batch in bundle.batch_ids]
+        done = 0
+
+        def report(batch: int) -> None:
+            nonlocal done
+            done += sizes[batch]
+            report_progress(on_progress, done, sum(sizes))
+
+        decrypted, failures = decrypt_once(
+            self.keys, round_id, model, ciphertexts,
+            reason="decrypted the submission", workers=workers, on_done=report,
+        )  # fmt: skip
+        if failures:
+            self.db.set_submission_status(
+                round_id, model, SubmissionStatus.REFUSED, "outputs could not be decrypted"
+            )
+            raise FundError(
+                f"{len(failures)} batch(es) of {model!r}'s submission could not be decrypted "
+                f"(first: batch {failures[0].position}: {failures[0].reason}); the outputs were "
+                "not computed by this model's circuit with this round's keys. Its keys are "
+                "retired: the model has no score this round."
+            )
+        codec = SpecCodec(spec)
+        values = np.concatenate([codec.decode(decrypted[b])[: sizes[b]] for b in range(len(sizes))])
+        predictions = pd.Series(values, index=pd.Index(bundle.ids, name="id"), name=model)
+        if not np.all(np.isfinite(values)):
+            self.db.set_submission_status(
+                round_id, model, SubmissionStatus.REFUSED, "non-finite predictions"
+            )
+            raise FundError(f"{model!r}'s decrypted predictions contain NaN or infinity.")
+        out = self.round_dir(round_id) / "predictions"
+        out.mkdir(exist_ok=True)
+        predictions.to_frame().to_parquet(out / f"{model}.parquet")
+        constant = predictions.nunique() <= 1
+        self.db.set_submission_status(
+            round_id, model, SubmissionStatus.RECEIVED, "constant predictions" if constant else None
+        )
+        return predictions
+
+    def _check_signature(self, directory: Path, model: str) -> str:
+        """The model's owner, if the owner signed ``directory``; otherwise a refusal that names
+        who did sign, when it is another known participant."""
+        owner = self.db.owner(model)
+        keys = self.db.participant_keys()
+        try:
+            verify_directory(directory, keys[owner], owner)
+        except IdentityError as exc:
+            for other, key in keys.items():
+                if other != owner and signed_by(directory, key):
+                    raise FundError(
+                        f"this submission for model {model!r} is signed by {other!r}, who does "
+                        f"not own the model ({owner!r} does); it is refused."
+                    ) from None
+            raise FundError(f"refused: {exc}") from None
+        return owner

@@ -1,0 +1,146 @@
+"""What the registry takes and hands out: frozen records, and the states a record can be in.
+
+A status is a :class:`~enum.StrEnum` whose values are what the database stores (short, readable
+words: ``open``, ``received``...). A message that goes with a status (why a submission was
+refused, that its predictions were constant) is the record's separate ``detail``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class RoundStatus(StrEnum):
+    """Where a round stands."""
+
+    OPEN = "open"
+    """Taking submissions (until it is closed or its deadline passes)."""
+    CLOSED = "closed"
+    """Taking no more submissions; waiting for its targets."""
+    RESOLVED = "resolved"
+    """Scored and paid."""
+
+
+class SubmissionStatus(StrEnum):
+    """Where a model's answer to a round stands: one per bundle the fund published."""
+
+    AWAITING = "awaiting"
+    """The bundle is out; no submission was accepted yet."""
+    DECRYPTING = "decrypting"
+    """The submission was accepted and recorded and is being decrypted. If the fund was cut off
+    during decryption the status stays here, and the same submission is accepted again."""
+    RECEIVED = "received"
+    """Decrypted and kept; ``detail`` may note something about it (constant predictions)."""
+    REFUSED = "refused"
+    """Decrypted but refused (``detail`` says why): the model has no score this round."""
+
+
+class TrainingJobStatus(StrEnum):
+    """Where an encrypted training job stands."""
+
+    AWAITING = "awaiting"
+    """The training bundle is out; no result was accepted yet."""
+    DECRYPTING = "decrypting"
+    """A result was accepted and is being decrypted (or the fund was cut off doing it)."""
+    DECRYPTED = "decrypted"
+    """The weights are decrypted and written: return ``weights.json`` to the participant."""
+    REFUSED = "refused"
+    """The result was decrypted but refused (``detail`` says why); its keys are retired."""
+
+
+@dataclass(frozen=True)
+class NewBundle:
+    """A bundle the fund encrypted for a model, to record with its round
+    (:meth:`Registry.create_round`). It is recorded with the model's latest spec version and
+    current stake."""
+
+    model: str
+    key_set_id: str
+    bundle_sha256: str
+    batch_ids: Sequence[Sequence[str]]
+    """The live row ids each ciphertext holds, in order (the last batch may be short)."""
+
+
+@dataclass(frozen=True)
+class BundleRecord:
+    """A model's bundle in a round, and where its submission stands."""
+
+    model: str
+    version: int
+    """The model's spec version the round was opened with (it may have a newer one now)."""
+    key_set_id: str
+    spec_sha256: str
+    spec_json: str
+    bundle_sha256: str
+    batch_ids: tuple[tuple[str, ...], ...]
+    stake: float
+    """The stake when the round opened: what the round pays on."""
+    status: SubmissionStatus
+    detail: str | None = None
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.batch_ids)
+
+    @property
+    def ids(self) -> list[str]:
+        """Every live row id, in the order the batches hold them."""
+        return [i for batch in self.batch_ids for i in batch]
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """A round: its state, and per model (by name) its bundle."""
+
+    name: str
+    status: RoundStatus
+    n_rows: int
+    opened_at: datetime
+    deadline: datetime | None
+    closed_at: datetime | None
+    resolved_at: datetime | None
+    bundles: Mapping[str, BundleRecord]
+
+
+@dataclass(frozen=True)
+class NewTrainingJob:
+    """An encrypted training job the fund has just encrypted, to record
+    (:meth:`Registry.open_training_job`)."""
+
+    job_id: str
+    name: str
+    """The participant's name for the job (its training spec's ``name``)."""
+    key_set_id: str
+    spec_sha256: str
+    bundle_sha256: str
+    n_samples: int
+    """The fund's labelled rows the batches are drawn from."""
+    positive_share: float
+    iterations: int
+    participant: str | None = None
+    """The registered participant the job is for, when the fund says so."""
+
+
+@dataclass(frozen=True)
+class TrainingJobRecord:
+    """An encrypted training job and where it stands."""
+
+    job_id: str
+    name: str
+    participant: str | None
+    status: TrainingJobStatus
+    detail: str | None
+    key_set_id: str
+    spec_sha256: str
+    bundle_sha256: str
+    n_samples: int
+    positive_share: float
+    iterations: int
+    opened_at: datetime
+    received_at: datetime | None = None
+    """When a result was accepted for decryption."""
+    result_sha256: str | None = None
+    """The accepted result's manifest hash (unknown for jobs imported from ``job.json``)."""

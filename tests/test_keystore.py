@@ -1,0 +1,215 @@
+"""The fund's key store: one key set per (model, round), private on disk, decrypting once.
+
+Importing Concrete takes about four seconds here, so the store's own logic (layout, modes,
+refusals, publication and retirement) runs against a stand-in ``concrete.fhe`` that records
+what it is given; one test marked ``fhe`` makes real keys from a tiny real circuit's specs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import types
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from fhe_toolkit.errors import KeyStoreError
+from fhe_toolkit.fhe.keystore import INFO, KEYSET, PUBLISHED, RETIRED, SPECS, KeyStore
+from tests.test_protocol import model_spec
+
+ROUND, MODEL = "2026-11-27", "alice"
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """A umask that takes nothing away, so the modes seen are the ones the store asked for."""
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+class FakeKeys:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def serialize(self) -> bytes:
+        return self.data
+
+
+class FakeClient:
+    """Stands in for ``concrete.fhe.Client``: fresh random "keys" on every keygen."""
+
+    made: ClassVar[list[FakeClient]] = []
+
+    def __init__(self, specs: object) -> None:
+        self.specs = specs
+        self.keys = FakeKeys(b"")
+        self.evaluation_keys = FakeKeys(b"")
+        FakeClient.made.append(self)
+
+    def keygen(self) -> None:
+        self.keys = FakeKeys(b"secret " + os.urandom(16))
+        self.evaluation_keys = FakeKeys(b"evaluation " + os.urandom(16))
+
+
+@pytest.fixture
+def fake_concrete(monkeypatch: pytest.MonkeyPatch) -> list[FakeClient]:
+    fhe = types.ModuleType("concrete.fhe")
+    fhe.Client = FakeClient
+    fhe.ClientSpecs = types.SimpleNamespace(deserialize=lambda data: ("specs", data))
+    concrete = types.ModuleType("concrete")
+    concrete.fhe = fhe
+    monkeypatch.setitem(sys.modules, "concrete", concrete)
+    monkeypatch.setitem(sys.modules, "concrete.fhe", fhe)
+    monkeypatch.setattr(FakeClient, "made", [])
+    return FakeClient.made
+
+
+def lay_out(store: KeyStore, *, round_id: str = ROUND, model: str = MODEL) -> Path:
+    """A key set as the store leaves it after ``create``, laid out by hand."""
+    folder = store.directory(round_id, model)
+    folder.mkdir(parents=True, mode=0o700)
+    (folder / KEYSET).write_bytes(b"secret keys")
+    (folder / SPECS).write_text("{}")
+    info = {"key_set_id": uuid.uuid4().hex, "round_id": round_id, "model": model}
+    (folder / INFO).write_text(json.dumps(info))
+    return folder
+
+
+# --- without Concrete --------------------------------------------------------------------------
+def test_a_live_key_set_gives_its_secret_key_file(tmp_path):
+    store = KeyStore(tmp_path / "keys")
+    folder = lay_out(store)
+    assert store.directory(ROUND, MODEL) == tmp_path / "keys" / ROUND / MODEL
+    assert store.keyset_path(ROUND, MODEL) == folder / KEYSET
+    assert store.info(ROUND, MODEL)["model"] == MODEL
+
+
+def test_missing_keys_are_refused_by_name(tmp_path):
+    store = KeyStore(tmp_path / "keys")
+    lay_out(store, model="bob")
+    with pytest.raises(
+        KeyStoreError, match="no secret keys for model 'alice' in round '2026-11-27'"
+    ):
+        store.keyset_path(ROUND, MODEL)
+    with pytest.raises(KeyStoreError, match="no keys were made for model 'alice'"):
+        store.info(ROUND, MODEL)
+    (store.directory(ROUND, "bob") / KEYSET).unlink()  # folder and records, but no secret key
+    with pytest.raises(KeyStoreError, match="no secret keys for model 'bob'"):
+        store.keyset_path(ROUND, "bob")
+
+
+def test_a_retired_key_set_is_gone_and_refused_with_when(tmp_path, open_umask):
+    store = KeyStore(tmp_path / "keys")
+    folder = lay_out(store)
+    lay_out(store, model="bob")
+    store.retire(ROUND, MODEL, "decrypted")
+    assert not (folder / KEYSET).exists()
+    record = json.loads((folder / RETIRED).read_text())
+    assert record["reason"] == "decrypted"
+    assert mode(folder / RETIRED) == 0o600
+    with pytest.raises(KeyStoreError, match=f"retired at {record['retired_at']} after their one"):
+        store.keyset_path(ROUND, MODEL)
+    # Even if the secret key came back (a restored backup), a retired set stays retired.
+    (folder / KEYSET).write_bytes(b"secret keys")
+    with pytest.raises(KeyStoreError, match="a key set decrypts once"):
+        store.keyset_path(ROUND, MODEL)
+    assert store.keyset_path(ROUND, "bob").read_bytes() == b"secret keys"  # others untouched
+
+
+def test_publication_is_recorded_privately(tmp_path, open_umask):
+    store = KeyStore(tmp_path / "keys")
+    folder = lay_out(store)
+    store.mark_published(ROUND, MODEL)
+    assert set(json.loads((folder / PUBLISHED).read_text())) == {"published_at"}
+    assert mode(folder / PUBLISHED) == 0o600
+    assert store.keyset_path(ROUND, MODEL) == folder / KEYSET  # still usable once
+
+
+# --- create, with a stand-in for Concrete ------------------------------------------------------
+def test_create_stores_private_keys_and_their_records(tmp_path, fake_concrete, open_umask):
+    store = KeyStore(tmp_path / "keys")
+    spec = model_spec(MODEL)
+    keys = store.create(ROUND, MODEL, spec)
+    folder = store.directory(ROUND, MODEL)
+    assert keys.directory == folder
+    assert mode(folder) == 0o700
+    for name in (KEYSET, SPECS, INFO):
+        assert mode(folder / name) == 0o600, name
+    (client,) = fake_concrete
+    assert client.specs == ("specs", spec.client_specs_bytes())
+    assert keys.client is client
+    assert (folder / KEYSET).read_bytes() == client.keys.serialize()
+    assert keys.evaluation_keys == client.evaluation_keys.serialize()
+    assert (folder / SPECS).read_bytes() == spec.client_specs_bytes()
+    info = store.info(ROUND, MODEL)
+    assert info["key_set_id"] == keys.key_set_id and len(keys.key_set_id) == 32
+    assert (info["round_id"], info["model"]) == (ROUND, MODEL)
+    assert info["spec_sha256"] == spec.sha256()
+    assert store.keyset_path(ROUND, MODEL) == folder / KEYSET
+    other = store.create(ROUND, "bob", model_spec("bob"))
+    assert other.key_set_id != keys.key_set_id
+
+
+def test_a_second_key_set_for_the_same_model_and_round_is_refused(tmp_path, fake_concrete):
+    store = KeyStore(tmp_path / "keys")
+    store.create(ROUND, MODEL, model_spec(MODEL))
+    before = (store.directory(ROUND, MODEL) / KEYSET).read_bytes()
+    with pytest.raises(KeyStoreError, match="exist already"):
+        store.create(ROUND, MODEL, model_spec(MODEL))
+    assert (store.directory(ROUND, MODEL) / KEYSET).read_bytes() == before
+
+
+def test_unpublished_keys_are_replaced_only_when_asked(tmp_path, fake_concrete):
+    store = KeyStore(tmp_path / "keys")
+    first = store.create(ROUND, MODEL, model_spec(MODEL))
+    secret = store.directory(ROUND, MODEL) / KEYSET
+    first_secret = secret.read_bytes()
+    second = store.create(ROUND, MODEL, model_spec(MODEL), replace_unpublished=True)
+    assert second.key_set_id != first.key_set_id
+    assert store.info(ROUND, MODEL)["key_set_id"] == second.key_set_id
+    assert secret.read_bytes() == second.client.keys.serialize() != first_secret
+
+
+@pytest.mark.parametrize("marker", ["published", "retired"])
+def test_published_or_retired_keys_are_never_replaced(tmp_path, fake_concrete, marker):
+    store = KeyStore(tmp_path / "keys")
+    store.create(ROUND, MODEL, model_spec(MODEL))
+    folder = store.directory(ROUND, MODEL)
+    if marker == "published":
+        store.mark_published(ROUND, MODEL)
+    else:
+        store.retire(ROUND, MODEL, "decrypted")
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+    with pytest.raises(KeyStoreError, match="exist already"):
+        store.create(ROUND, MODEL, model_spec(MODEL), replace_unpublished=True)
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+
+
+# --- create, with Concrete ---------------------------------------------------------------------
+@pytest.mark.fhe
+def test_create_makes_real_keys_for_a_real_circuit(tmp_path, open_umask):
+    """Concrete's own key generation from the real client specs of a tiny circuit (no
+    bootstrapping keys, so it takes milliseconds once Concrete is imported)."""
+    from concrete import fhe
+
+    store = KeyStore(tmp_path / "keys")
+    keys = store.create(ROUND, MODEL, model_spec(MODEL))
+    folder = store.directory(ROUND, MODEL)
+    assert mode(folder) == 0o700 and mode(folder / KEYSET) == 0o600
+    assert isinstance(keys.client, fhe.Client)
+    secret = (folder / KEYSET).read_bytes()
+    assert fhe.Keys.deserialize(secret).serialize() == secret
+    assert keys.evaluation_keys == keys.client.evaluation_keys.serialize()
