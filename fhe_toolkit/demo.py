@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,13 @@ from fhe_toolkit.participant import (
     run_bundle,
     train_model,
 )
-from fhe_toolkit.protocol.artifacts import CIPHERTEXTS, EVALUATION_KEYS
+from fhe_toolkit.protocol.artifacts import (
+    CIPHERTEXTS,
+    COMPRESSION_KEY,
+    EVALUATION_KEYS,
+    PACKED_FEATURES,
+)
+from fhe_toolkit.protocol.families import get_family
 from fhe_toolkit.protocol.signing import create_identity
 
 
@@ -44,8 +50,13 @@ PARTICIPANTS = (
     DemoParticipant("bob", "decision_tree", "small", 50.0),
     DemoParticipant("carol", "xgboost", "small", 80.0),
     DemoParticipant("dave", "ridge", "medium", 120.0),
+    DemoParticipant("erin", "ridge", "all", 90.0),
 )
-DEMO_DATA = SynthConfig(train_eras=60, validation_eras=8, live_eras=3, rows_per_era=100)
+"""Linear models (alice, dave, erin) run packed, on one shared encryption per round; erin's
+reads all 800 features, about the width of Numerai's 780-feature set. The trees are circuits."""
+DEMO_DATA = SynthConfig(
+    train_eras=60, validation_eras=8, live_eras=3, rows_per_era=100, n_features=800
+)
 STAKE_CHANGE = ("bob", 75.0)
 """Between the first and second round, bob raises his stake."""
 IDENTITY = "identity.pem"
@@ -109,8 +120,9 @@ def run_demo(
             export_model(model, home, who.name)
             return model
 
+        how = "export packed" if get_family(who.family).packable else "compile"
         model = timer.run(
-            f"{who.name}: train + compile {who.family} on {len(features)} features",
+            f"{who.name}: train + {how} {who.family} on {len(features)} features",
             build, who, features, home,
         )  # fmt: skip
         report = diagnose(model, validation, modes=("clear", "quantized", "simulated"))
@@ -127,16 +139,11 @@ def run_demo(
             fund.set_stake(*STAKE_CHANGE)
             say(f"  {STAKE_CHANGE[0]} sets his stake to {STAKE_CHANGE[1]:g} from round 2 on")
         bundles = timer.run(
-            f"fund: open {name} (era {era}): fresh keys + encrypt {len(live)} rows per model",
+            f"fund: open {name} (era {era}): fresh keys, encrypt {len(live)} rows once for the "
+            "packed models and once per circuit model",
             fund.open_round, name, live, on_progress=_scoped(on_rows, f"{name} encrypt"),
         )  # fmt: skip
-        sizes = sizes or {
-            model: {
-                "ciphertext_bytes_per_row": round((path / CIPHERTEXTS).stat().st_size / len(live)),
-                "evaluation_key_bytes": (path / EVALUATION_KEYS).stat().st_size,
-            }
-            for model, path in bundles.items()
-        }
+        sizes = sizes or bundle_sizes(bundles, len(live))
         for who in participants:
             home = root / "participants" / who.name
             submission = home / f"submission-{name}"
@@ -190,6 +197,26 @@ def _scoped(
         callback(name, done, total)
 
     return forward
+
+
+def bundle_sizes(bundles: Mapping[str, Path], rows: int) -> dict[str, dict[str, int]]:
+    """What each bundle weighs: its ciphertexts per row and its public key, the packed dataset
+    once (under the models that share it)."""
+    by_path: dict[Path, list[str]] = {}
+    for model, path in bundles.items():
+        by_path.setdefault(path, []).append(model)
+    sizes = {}
+    for path, models in by_path.items():
+        table, key = (
+            (PACKED_FEATURES, COMPRESSION_KEY)
+            if (path / PACKED_FEATURES).is_file()
+            else (CIPHERTEXTS, EVALUATION_KEYS)
+        )
+        sizes[", ".join(models)] = {
+            "ciphertext_bytes_per_row": round((path / table).stat().st_size / rows),
+            "public_key_bytes": (path / key).stat().st_size,
+        }
+    return sizes
 
 
 def steps_table(summary: dict[str, Any]) -> pd.DataFrame:

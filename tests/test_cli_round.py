@@ -33,8 +33,9 @@ def test_round_through_the_cli(tmp_path):
            "--stake", "25", cwd=tmp_path))  # fmt: skip
     fund_key = ok(cli("fund", "public-key", cwd=tmp_path)).split()[0]
     out = ok(cli("fund", "open-round", "R1", "--live", "data/live.parquet", cwd=tmp_path))
-    bundle = tmp_path / "fund" / "rounds" / "R1" / "bundles" / "alice"
-    assert str(Path("fund/rounds/R1/bundles/alice")) in out and bundle.is_dir()
+    # A linear model runs packed by default: on the round's shared encrypted dataset.
+    bundle = tmp_path / "fund" / "rounds" / "R1" / "packed"
+    assert str(Path("fund/rounds/R1/packed")) in out and bundle.is_dir()
     result = cli("participant", "run", bundle, "--model", "alice", "--out", "sub",
                  "--identity", "alice.pem", "--fund-key", fund_key, cwd=tmp_path)  # fmt: skip
     assert "rows" in ok(result) + result.stderr
@@ -53,7 +54,7 @@ def test_round_through_the_cli(tmp_path):
     assert "alice" in board and "reputation" in board
     ok(cli("fund", "report", "--out", "report.html", cwd=tmp_path))
     assert (tmp_path / "report.html").stat().st_size > 1_000_000  # plotly.js is inlined
-    assert (tmp_path / "keys" / "R1" / "alice" / "retired.json").is_file()
+    assert (tmp_path / "keys" / "R1" / "_packed" / "retired.json").is_file()
 
 
 def test_cli_errors_name_the_problem(tmp_path):
@@ -70,7 +71,10 @@ def test_demo_at_a_small_size(tmp_path):
     assert "scores and payouts" in out
     summary = json.loads((tmp_path / "demo" / "demo_summary.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == ["round-1", "round-2", "round-3"]
-    assert all(set(r["scores"]) == {"alice", "bob", "carol", "dave"} for r in summary["rounds"])
+    everyone = {"alice", "bob", "carol", "dave", "erin"}
+    assert all(set(r["scores"]) == everyone for r in summary["rounds"])
     assert summary["live_rows_per_round"] == 24
-    assert set(summary["leaderboard"]) == {"alice", "bob", "carol", "dave"}
+    assert set(summary["leaderboard"]) == everyone
+    # The three linear models share one packed dataset per round; the trees have their own.
+    assert set(summary["sizes"]) == {"alice, dave, erin", "bob", "carol"}
     assert (tmp_path / summary["report"]).is_file()

@@ -26,7 +26,7 @@ def test_a_narrow_calibration_sample_still_accepts_every_row(tournament, family)
     frame, metadata = tournament
     train = frame[frame["data_type"] == "train"]
     features = metadata.features("medium")
-    model = train_model(train, family=family, features=features)
+    model = train_model(train, family=family, features=features, packed=False)
     narrow = pd.DataFrame(2.0, index=range(3), columns=features)
     compile_model(model, narrow)
     corners = calibration_rows(model.estimator, np.full((1, len(features)), 2.0, np.float32))
@@ -59,7 +59,9 @@ def test_the_compiled_server_library_follows_server_zip(tournament, tmp_path):
     train = frame[frame["data_type"] == "train"]
     dirs = []
     for name, feature_set in (("a", "small"), ("b", "medium")):
-        model = train_model(train, family="linear", features=metadata.features(feature_set))
+        model = train_model(
+            train, family="linear", features=metadata.features(feature_set), packed=False
+        )
         compile_model(model, train)
         export_model(model, tmp_path / name, name)
         dirs.append(tmp_path / name / DEPLOYMENT_DIR)

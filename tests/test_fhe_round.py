@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -75,7 +76,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     fund = Fund(root / "fund", root / "keys")
     models, identities = {}, {}
     for name, (family, params, target) in MODELS.items():
-        model = train_model(train, family=family, features=features, params=params, target=target)
+        # Compiled circuits all: this file is the per-model path (test_packed_round.py: packed).
+        model = train_model(
+            train, family=family, features=features, params=params, target=target, packed=False
+        )
         compile_model(model, train)
         export_model(model, root / name, name)
         identities[name] = enroll(fund, root, f"owner-of-{name}")
@@ -303,7 +307,7 @@ def test_an_interrupted_run_resumes_without_recomputing(world, tmp_path):
     before = (out / PREDICTIONS).stat().st_mtime_ns
     run_bundle(world["bundles"] / "tree", world["root"] / "tree", out, identity=ID["tree"](world))
     assert (out / PREDICTIONS).stat().st_mtime_ns == before
-    with pytest.raises(ParticipantError, match="submission for another bundle"):
+    with pytest.raises(ParticipantError, match=r"submission of model 'tree' for another model"):
         run_bundle(world["bundles"] / "lin", world["root"] / "lin", out, identity=ID["lin"](world))
 
 
@@ -326,7 +330,11 @@ def test_late_replayed_and_closed_round_submissions_are_refused(world, received,
         return run_bundle(bundle, world["root"] / "lin", tmp_path / round_id,
                           identity=ID["lin"](world), workers=1)  # fmt: skip
 
-    late = submit("late", deadline=datetime.now(UTC) - timedelta(minutes=1))
+    with pytest.raises(FundError, match="has passed"):
+        submit("past", deadline=datetime.now(UTC) - timedelta(minutes=1))
+    deadline = datetime.now(UTC) + timedelta(seconds=2)
+    late = submit("late", deadline=deadline)
+    time.sleep(max(0.0, (deadline - datetime.now(UTC)).total_seconds()))
     with pytest.raises(RegistryError, match="stopped taking submissions"):
         fund.receive("late", late)
     with pytest.raises(FundError, match="answers round 'late', not 'r1'"):

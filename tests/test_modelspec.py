@@ -33,7 +33,7 @@ def exported(tmp_path_factory, tournament) -> tuple[Path, object]:
     """A real exported model (compiled, no FHE execution)."""
     frame, metadata = tournament
     train = frame[frame["data_type"] == "train"]
-    model = train_model(train, family="linear", features=metadata.features("small"))
+    model = train_model(train, family="linear", features=metadata.features("small"), packed=False)
     compile_model(model, train)
     out = tmp_path_factory.mktemp("model") / "m"
     export_model(model, out, "honest")

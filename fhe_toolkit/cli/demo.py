@@ -32,13 +32,14 @@ def demo(out_dir: Path, live_rows: int, workers: int | None) -> None:
     """Run a tournament of three rounds in real FHE (encrypt, execute, decrypt), scored and paid.
 
     \b
-    The fund synthesizes Numerai-shaped data; four participants make signing keys, train models
-    of three families (linear, decision tree, XGBoost, ridge), compile them and send their
-    public specs; for each of three live eras the fund encrypts the rows under fresh keys per
-    model and signs the bundles; each participant runs its model on the ciphertexts and signs
-    its submission; the fund checks, decrypts once per model, scores CORR / MMC / BMC / FNC /
-    exposure and pays, which changes the stakes. Ends with the leaderboard and an HTML report.
-    About 4-5 minutes on 2 cores at the default size.
+    The fund synthesizes Numerai-shaped data (800 features); five participants make signing
+    keys, train models (linear, decision tree, XGBoost, and two ridge models, one on all 800
+    features) and send their public specs; for each of three live eras the fund encrypts the
+    rows once for the three linear models (packed, one round key) and once per tree model
+    (fresh keys each), and signs the bundles; each participant runs its model on the
+    ciphertexts and signs its submission; the fund checks, decrypts once per model, scores
+    CORR / MMC / BMC / FNC / exposure and pays, which changes the stakes. Ends with the
+    leaderboard and an HTML report. About 5 minutes on 2 cores at the default size.
     """
     from dataclasses import replace
 
@@ -66,7 +67,7 @@ def demo(out_dir: Path, live_rows: int, workers: int | None) -> None:
         corr.rename_axis("model"), "Validation CORR: clear vs quantized vs simulated", console
     )
     sizes = pd.DataFrame(summary["sizes"]).T
-    print_frame(sizes.rename_axis("model"), "Bundle sizes (bytes)", console, "{:,.0f}")
+    print_frame(sizes.rename_axis("models"), "Bundle sizes (bytes)", console, "{:,.0f}")
     for played in summary["rounds"]:
         scores = pd.DataFrame(played["scores"]).T[["corr", "mmc", "fnc", "stake", "payout"]]
         title = f"{played['round']} (era {played['era']}, real FHE): scores and payouts"

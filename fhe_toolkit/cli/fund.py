@@ -15,6 +15,7 @@ from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progres
 from fhe_toolkit.cli.display import print_frame
 from fhe_toolkit.data import load_tournament
 from fhe_toolkit.fund import Fund, fund_benchmark
+from fhe_toolkit.fund.base import MAX_PACKED_PER_PARTICIPANT
 from fhe_toolkit.fund.leaderboard import SORT_KEYS, SUMMARY_COLUMNS
 from fhe_toolkit.protocol.signing import public_key_path
 
@@ -148,6 +149,13 @@ def models(fund: Fund) -> None:
     type=click.DateTime(["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
     help="No submission is taken after this time (UTC, e.g. 2026-12-01T18:00).",
 )
+@click.option(
+    "--max-packed-per-participant",
+    type=click.IntRange(min=1),
+    default=MAX_PACKED_PER_PARTICIPANT,
+    show_default=True,
+    help="Packed (linear) models one participant may enter in the round; the rest are left out.",
+)
 @with_fund
 def open_round(
     fund: Fund,
@@ -155,24 +163,35 @@ def open_round(
     live_path: Path,
     models: tuple[str, ...],
     deadline: datetime | None,
+    max_packed_per_participant: int,
 ) -> None:
-    """Open ROUND_ID: fresh keys per model, every live row encrypted, one signed bundle per
-    model."""
+    """Open ROUND_ID: encrypt the live rows and publish the signed bundles.
+
+    \b
+    Linear models (exported packed) share one dataset: the live features encrypted once under
+    a fresh round key, at most --max-packed-per-participant models per participant. Every
+    other model gets fresh keys and a bundle of its own. A model whose encryption fails is
+    left out, named, and the others are published.
+    """
     live = load_tournament(live_path)
     with progress_bar("rows") as progress:
         tasks: dict[str, object] = {}
 
         def report(model: str, done: int, total: int) -> None:
             if model not in tasks:
-                tasks[model] = progress.add_task(f"encrypting for {model}", total=total)
+                what = "the packed dataset" if model == "packed" else model
+                tasks[model] = progress.add_task(f"encrypting {what}", total=total)
             progress.update(tasks[model], completed=done)  # type: ignore[arg-type]
 
         bundles = fund.open_round(
             round_id, live, models=models or None, on_progress=report,
             deadline=deadline.replace(tzinfo=UTC) if deadline else None,
+            max_packed_per_participant=max_packed_per_participant,
         )  # fmt: skip
     for model, path in bundles.items():
         console.print(f"  {model:<20} {path}")
+    for model, reason in bundles.left_out.items():
+        console.print(f"  [yellow]{model:<20} left out: {reason}[/yellow]")
     console.print(
         "hand each model's bundle directory to its participant, with the fund's public key "
         f"({public_key_path(fund.identity_path)})"

@@ -89,6 +89,12 @@ def families() -> None:
     help="Override a family default, e.g. --param max_depth=4 (repeatable).",
 )
 @click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--circuit",
+    is_flag=True,
+    help="Compile a linear model into a circuit of its own (per-model keys) instead of running "
+    "it on the round's packed encryption, the default for linear, ridge and logistic.",
+)
 @friendly_errors
 def train(
     train_path: Path,
@@ -102,13 +108,16 @@ def train(
     benchmark_path: Path | None,
     params: tuple[str, ...],
     seed: int,
+    circuit: bool,
 ) -> None:
     """Train, compile and export a model; optionally check it on validation eras.
 
     Writes OUT/model_spec.json (public: send it to the fund), OUT/deployment/ (private: your
-    compiled weights) and OUT/training.json. With --validation, prints CORR, FNC and exposure
-    of the float model, the quantized model and the compiled circuit in simulation, so the cost
-    of quantization is visible before anything is encrypted.
+    compiled circuit, or a linear model's integer weights) and OUT/training.json. Linear
+    families run on the round's packed encryption by default (nothing to compile; --circuit
+    compiles one instead). With --validation, prints CORR, FNC and exposure of the float model,
+    the quantized model and the compiled circuit in simulation, so the cost of quantization is
+    visible before anything is encrypted.
     """
     if (out_dir / SPEC_FILE).exists():
         raise ToolkitClickError(f"{out_dir} holds an exported model already; choose a new --out.")
@@ -119,13 +128,16 @@ def train(
     with console.status(f"training {family} on {len(data):,} rows × {len(features)} features"):
         model = train_model(
             data, family=family, features=features, target=target,
-            params=_parse_params(params), seed=seed,
+            params=_parse_params(params), seed=seed, packed=False if circuit else None,
         )  # fmt: skip
-    with console.status("compiling for FHE"):
-        compile_model(model, data)
+    if not model.packed:
+        with console.status("compiling for FHE"):
+            compile_model(model, data)
     spec = export_model(model, out_dir, name)
+    how = "packed: runs on the round's shared encryption" if model.packed else "compiled circuit"
     console.print(
-        f"exported [bold]{spec.name}[/bold] ({family}, {len(features)} features) to {out_dir}"
+        f"exported [bold]{spec.name}[/bold] ({family}, {len(features)} features, {how}) to "
+        f"{out_dir}"
     )
     if validation_path is not None:
         validation = load_tournament(validation_path, features=features, targets=[target])

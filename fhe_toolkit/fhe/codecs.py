@@ -12,7 +12,7 @@ import numpy as np
 
 from fhe_toolkit.errors import SpecError
 from fhe_toolkit.protocol.families import post_process
-from fhe_toolkit.protocol.modelspec import ModelSpec, QuantizerSpec
+from fhe_toolkit.protocol.modelspec import LinearSpec, ModelSpec, QuantizerSpec
 from fhe_toolkit.protocol.training_spec import TrainingSpec
 
 
@@ -119,3 +119,32 @@ def plan_batches(
         for _ in range(spec.iteration_count(n_samples))
     ]
     return weights, bias, batches
+
+
+class LinearCodec:
+    """A packed linear model's arithmetic, shared by both sides so they agree exactly: the
+    participant's quantized predictions are the fund's decoded decryptions.
+
+    A prediction is ``post_process(scale · (x · w) + intercept)`` for integer weights ``w``.
+    """
+
+    def __init__(self, spec: LinearSpec) -> None:
+        self.spec = spec
+        self.family = spec.family_info
+
+    def decode(self, products: np.ndarray) -> np.ndarray:
+        """Integer products ``x · w`` (one per row) to predictions."""
+        values = self.spec.scale * np.asarray(products, dtype=np.float64).reshape(-1, 1)
+        return post_process(self.family, values + self.spec.intercept)
+
+
+def quantize_weights(coef: np.ndarray, weight_bits: int) -> tuple[np.ndarray, float]:
+    """Float coefficients to signed integers of ``weight_bits`` bits and their scale: the
+    largest ``|coef|`` maps to the largest integer, so no weight is clipped."""
+    values = np.asarray(coef, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(values)):
+        raise SpecError("the model's coefficients are not all finite; it cannot be packed.")
+    bound = 2 ** (weight_bits - 1) - 1
+    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    scale = largest / bound if largest > 0 else 1.0
+    return np.rint(values / scale).astype(np.int64), scale

@@ -58,31 +58,55 @@ class KeyStore:
         """
         from concrete import fhe
 
-        folder = self.directory(round_id, model)
+        self._claim(round_id, model, replace_unpublished)
+        client = fhe.Client(fhe.ClientSpecs.deserialize(spec.client_specs_bytes()))
+        client.keygen()
+        key_set_id, folder = self.store(
+            round_id, model, client.keys.serialize(), {SPECS: spec.client_specs_bytes()},
+            spec_sha256=spec.sha256(),
+        )  # fmt: skip
+        return KeySet(key_set_id, folder, client.evaluation_keys.serialize(), client)
+
+    def store(
+        self,
+        round_id: str,
+        name: str,
+        secret: bytes,
+        files: dict[str, bytes],
+        *,
+        replace_unpublished: bool = False,
+        **info: str,
+    ) -> tuple[str, Path]:
+        """Store a new key set's secret key and its public ``files`` under (``name``, round);
+        refuse if one exists. Returns the new key set's id and folder."""
+        folder = self._claim(round_id, name, replace_unpublished)
+        folder.mkdir(parents=True, mode=0o700)
+        os.chmod(folder, 0o700)
+        key_set_id = uuid.uuid4().hex
+        write_atomic(folder / KEYSET, secret, mode=0o600)
+        for file_name, data in files.items():
+            write_atomic(folder / file_name, data, mode=0o600)
+        record = {
+            "key_set_id": key_set_id,
+            "round_id": round_id,
+            "model": name,
+            **info,
+            "created_at": utc_now(),
+        }
+        write_atomic(folder / INFO, json.dumps(record, indent=1).encode(), mode=0o600)
+        return key_set_id, folder
+
+    def _claim(self, round_id: str, name: str, replace_unpublished: bool) -> Path:
+        folder = self.directory(round_id, name)
         if replace_unpublished and folder.is_dir():
             if not any((folder / marker).exists() for marker in (PUBLISHED, RETIRED)):
                 shutil.rmtree(folder)
         if folder.exists():
             raise KeyStoreError(
-                f"keys for model {model!r} in round {round_id!r} exist already ({folder}); "
+                f"keys for model {name!r} in round {round_id!r} exist already ({folder}); "
                 "each (model, round) gets one key set."
             )
-        folder.mkdir(parents=True, mode=0o700)
-        os.chmod(folder, 0o700)
-        client = fhe.Client(fhe.ClientSpecs.deserialize(spec.client_specs_bytes()))
-        client.keygen()
-        key_set_id = uuid.uuid4().hex
-        write_atomic(folder / KEYSET, client.keys.serialize(), mode=0o600)
-        write_atomic(folder / SPECS, spec.client_specs_bytes(), mode=0o600)
-        info = {
-            "key_set_id": key_set_id,
-            "round_id": round_id,
-            "model": model,
-            "spec_sha256": spec.sha256(),
-            "created_at": utc_now(),
-        }
-        write_atomic(folder / INFO, json.dumps(info, indent=1).encode(), mode=0o600)
-        return KeySet(key_set_id, folder, client.evaluation_keys.serialize(), client)
+        return folder
 
     def mark_published(self, round_id: str, model: str) -> None:
         """Record that a bundle encrypted under this key set was published: from now on the
@@ -111,6 +135,9 @@ class KeyStore:
         if not path.is_file():
             raise KeyStoreError(f"no secret keys for model {model!r} in round {round_id!r}.")
         return path
+
+    def is_retired(self, round_id: str, model: str) -> bool:
+        return (self.directory(round_id, model) / RETIRED).is_file()
 
     def retire(self, round_id: str, model: str, reason: str) -> None:
         folder = self._existing(round_id, model)

@@ -10,6 +10,8 @@ A fund directory::
                                     encrypted training jobs
       rounds/<round>/live_ids.parquet
       rounds/<round>/bundles/<model>/        published to that model's participant
+      rounds/<round>/packed/        published to every packed (linear) model's participant
+      rounds/<round>/packed_live.parquet   the packed features in clear (private)
       rounds/<round>/submissions/<model>/    received, kept as sent
       rounds/<round>/predictions/<model>.parquet   decrypted predictions (private)
       rounds/<round>/results/       per-era scores, scores and payouts (rounded aggregates)
@@ -29,8 +31,10 @@ from typing import Any
 import pandas as pd
 
 from fhe_toolkit.errors import FundError
+from fhe_toolkit.fhe.glwe import RoundKey
 from fhe_toolkit.fhe.keystore import KeyStore
-from fhe_toolkit.protocol.modelspec import ModelSpec, validate_spec
+from fhe_toolkit.fhe.packed import PACKED_KEYS
+from fhe_toolkit.protocol.modelspec import AnyModelSpec, model_spec_from
 from fhe_toolkit.protocol.signing import create_identity, load_private_key, public_bytes
 from fhe_toolkit.registry import Registry, RoundRecord
 
@@ -38,6 +42,13 @@ DATABASE = "fund.db"
 FUND_IDENTITY = "fund_signing_key.pem"
 REPUTATION_ROUNDS = 4
 """Reputation: the mean payout score over a model's last this many resolved rounds."""
+MAX_PACKED_PER_PARTICIPANT = 3
+"""Packed (linear) models one participant may enter in a round: each is one more decryption
+under the round's shared key (see the README's trust model)."""
+PACKED_DIR = "packed"
+"""The round's packed dataset, published to every packed model's participant."""
+PACKED_LIVE = "packed_live.parquet"
+"""The packed features' clear values (private), to verify what is decrypted."""
 
 
 class FundBase:
@@ -61,6 +72,7 @@ class FundBase:
             database = f"sqlite:///{self.root / DATABASE}"
         self.db = Registry(database)
         self.reputation_rounds = reputation_rounds
+        self._round_keys: dict[str, RoundKey] = {}
 
     # --- identity, models and rounds -------------------------------------------------------
     @property
@@ -78,9 +90,9 @@ class FundBase:
         """Registered models: owner, family, target, stake, version."""
         return self.db.models()
 
-    def spec(self, model: str) -> ModelSpec:
+    def spec(self, model: str) -> AnyModelSpec:
         text = self.db.spec_json(model)
-        return validate_spec(json.loads(text), ModelSpec, f"the registered spec of {model!r}")
+        return model_spec_from(json.loads(text), f"the registered spec of {model!r}")
 
     def round_dir(self, round_id: str) -> Path:
         return self.root / "rounds" / round_id
@@ -95,6 +107,20 @@ class FundBase:
         if not files:
             raise FundError(f"no submission of round {round_id!r} was received yet.")
         return pd.concat([pd.read_parquet(f) for f in files], axis=1)
+
+    def packed_models(self, round_id: str) -> list[str]:
+        """The round's models that run on its packed dataset (share its round key)."""
+        folder = self.keys.directory(round_id, PACKED_KEYS)
+        if not folder.is_dir():
+            return []
+        key_set_id = self.keys.info(round_id, PACKED_KEYS)["key_set_id"]
+        record = self.round_record(round_id)
+        return [m for m, bundle in record.bundles.items() if bundle.key_set_id == key_set_id]
+
+    def retire_packed_key(self, round_id: str, reason: str) -> None:
+        """Retire the round's packed key, if it has one still in use."""
+        if self.packed_models(round_id) and not self.keys.is_retired(round_id, PACKED_KEYS):
+            self.keys.retire(round_id, PACKED_KEYS, reason=reason)
 
 
 def report_progress(callback: Callable[..., None] | None, *args: Any) -> None:

@@ -18,13 +18,20 @@ import numpy as np
 import pandas as pd
 
 from fhe_toolkit.errors import FundError, IdentityError, RowsCrashedError
-from fhe_toolkit.fhe.codecs import SpecCodec
-from fhe_toolkit.fhe.engine import RowFailure, run_rows
+from fhe_toolkit.fhe.codecs import LinearCodec, SpecCodec
+from fhe_toolkit.fhe.engine import RowFailure, Task, run_rows
+from fhe_toolkit.fhe.glwe import PackedError, RoundKey, decrypt_chunk
 from fhe_toolkit.fhe.keystore import SPECS, KeyStore
+from fhe_toolkit.fhe.packed import (
+    PACKED_KEYS,
+    PADDING_PREFIX,
+    load_round_key,
+    verify_products,
+)
 from fhe_toolkit.fhe.tasks import DecryptTask
-from fhe_toolkit.fund.base import FundBase, report_progress
-from fhe_toolkit.protocol.artifacts import SUBMISSION, Artifact, open_artifact
-from fhe_toolkit.protocol.modelspec import ModelSpec, validate_spec
+from fhe_toolkit.fund.base import PACKED_LIVE, FundBase, report_progress
+from fhe_toolkit.protocol.artifacts import PACKED_SUBMISSION, SUBMISSION, Artifact, open_answer
+from fhe_toolkit.protocol.modelspec import LinearSpec, model_spec_from
 from fhe_toolkit.protocol.signing import signed_by, verify_directory
 from fhe_toolkit.registry import SubmissionStatus
 
@@ -73,6 +80,21 @@ def decrypt_once(
     runtime crashed or refused them: they were not computed under these keys).
     """
     task = DecryptTask(str(keys.directory(scope, name) / SPECS), str(keys.keyset_path(scope, name)))
+    try:
+        return decrypt_items(task, items, workers=workers, on_done=on_done)
+    finally:
+        keys.retire(scope, name, reason=reason)
+
+
+def decrypt_items(
+    task: Task,
+    items: Sequence[Any],
+    *,
+    workers: int | None = None,
+    on_done: Callable[[int], None] | None = None,
+) -> tuple[dict[int, Any], list[RowFailure]]:
+    """Run a decryption ``task`` over ``items`` in worker processes: the decrypted items by
+    position, and the items the runtime crashed on or refused."""
     decrypted: dict[int, Any] = {}
     try:
         failures = run_rows(
@@ -81,8 +103,6 @@ def decrypt_once(
         )  # fmt: skip
     except RowsCrashedError as exc:
         failures = exc.failures
-    finally:
-        keys.retire(scope, name, reason=reason)
     return decrypted, failures
 
 
@@ -95,17 +115,20 @@ class Intake(FundBase):
         workers: int | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> pd.Series:
-        """Check a submission, decrypt it once, retire its keys, and keep the predictions.
+        """Check a submission, decrypt it once, and keep the predictions.
 
         Refused before any decryption (keys kept, the participant can fix and resend): a
         manifest or file that does not check out, another round, model, key set or bundle,
         missing or repeated batches, a signature that is not the model owner's, a model already
-        received, a round closed or past its deadline. After decryption the keys are retired
-        whatever happens. Returns the predictions by id.
+        received, a round closed or past its deadline. A circuit model's keys are retired after
+        its one decryption whatever happens; a packed model's products are refused unless they
+        are exactly ``x · w`` over its features with integer weights within its declared bound,
+        and the round's packed key is retired after the round's last packed model. Returns the
+        predictions by id.
         """
         record = self.round_record(round_id)
-        submission = open_artifact(submission_dir, SUBMISSION)
-        model = submission.manifest.model
+        submission = open_answer(submission_dir)
+        model = submission.model
         if submission.manifest.round_id != round_id:
             raise FundError(
                 f"this submission answers round {submission.manifest.round_id!r}, not {round_id!r}."
@@ -113,6 +136,14 @@ class Intake(FundBase):
         bundle = record.bundles.get(model)
         if bundle is None:
             raise FundError(f"model {model!r} has no bundle in round {round_id!r}.")
+        # The version the round was opened with: the model may have a newer one by now.
+        spec = model_spec_from(json.loads(bundle.spec_json), f"{model!r} in {round_id!r}")
+        expected_kind = PACKED_SUBMISSION if isinstance(spec, LinearSpec) else SUBMISSION
+        if submission.kind is not expected_kind:
+            raise FundError(
+                f"model {model!r} takes a {expected_kind.name} in round {round_id!r}, not a "
+                f"{submission.kind.name}: it was made from another bundle."
+            )
         expected = {
             "key_set_id": bundle.key_set_id,
             "spec_sha256": bundle.spec_sha256,
@@ -128,8 +159,6 @@ class Intake(FundBase):
         self.db.accept_submission(round_id, model, submission.sha256, signer)
         keep_copy(submission, self.round_dir(round_id) / "submissions" / model)
 
-        # The version the round was opened with: the model may have a newer one by now.
-        spec = validate_spec(json.loads(bundle.spec_json), ModelSpec, f"{model!r} in {round_id!r}")
         sizes = [len(batch) for batch in bundle.batch_ids]
         done = 0
 
@@ -138,27 +167,25 @@ class Intake(FundBase):
             done += sizes[batch]
             report_progress(on_progress, done, sum(sizes))
 
-        decrypted, failures = decrypt_once(
-            self.keys, round_id, model, ciphertexts,
-            reason="decrypted the submission", workers=workers, on_done=report,
-        )  # fmt: skip
-        if failures:
-            self.db.set_submission_status(
-                round_id, model, SubmissionStatus.REFUSED, "outputs could not be decrypted"
+        if isinstance(spec, LinearSpec):
+            try:
+                values = self._decrypt_packed(round_id, spec, ciphertexts, sizes, report)
+            finally:
+                self._retire_packed_key_when_done(round_id)
+        else:
+            decrypted, failures = decrypt_once(
+                self.keys, round_id, model, ciphertexts,
+                reason="decrypted the submission", workers=workers, on_done=report,
+            )  # fmt: skip
+            self._refuse_failures(round_id, model, failures, "circuit with this round's keys")
+            codec = SpecCodec(spec)
+            values = np.concatenate(
+                [codec.decode(decrypted[b])[: sizes[b]] for b in range(len(sizes))]
             )
-            raise FundError(
-                f"{len(failures)} batch(es) of {model!r}'s submission could not be decrypted "
-                f"(first: batch {failures[0].position}: {failures[0].reason}); the outputs were "
-                "not computed by this model's circuit with this round's keys. Its keys are "
-                "retired: the model has no score this round."
-            )
-        codec = SpecCodec(spec)
-        values = np.concatenate([codec.decode(decrypted[b])[: sizes[b]] for b in range(len(sizes))])
         predictions = pd.Series(values, index=pd.Index(bundle.ids, name="id"), name=model)
+        predictions = predictions[~predictions.index.str.startswith(PADDING_PREFIX)]
         if not np.all(np.isfinite(values)):
-            self.db.set_submission_status(
-                round_id, model, SubmissionStatus.REFUSED, "non-finite predictions"
-            )
+            self._refuse(round_id, model, "non-finite predictions")
             raise FundError(f"{model!r}'s decrypted predictions contain NaN or infinity.")
         out = self.round_dir(round_id) / "predictions"
         out.mkdir(exist_ok=True)
@@ -167,7 +194,78 @@ class Intake(FundBase):
         self.db.set_submission_status(
             round_id, model, SubmissionStatus.RECEIVED, "constant predictions" if constant else None
         )
+        if isinstance(spec, LinearSpec):
+            self._retire_packed_key_when_done(round_id)
         return predictions
+
+    def _decrypt_packed(
+        self,
+        round_id: str,
+        spec: LinearSpec,
+        ciphertexts: list[bytes],
+        sizes: list[int],
+        report: Callable[[int], None],
+    ) -> np.ndarray:
+        """A packed model's products, decrypted with the round key and verified to be exactly
+        ``x · w`` over its features; its predictions.
+
+        Decrypted here, not in worker processes: every chunk's layout is checked against the
+        round's parameters before the library reads it (:mod:`fhe_toolkit.fhe.glwe`), and the
+        round key loads once for all the round's models.
+        """
+        key = self._round_key(round_id)
+        products = []
+        for batch, (ciphertext, rows) in enumerate(zip(ciphertexts, sizes, strict=True)):
+            try:
+                products.append(decrypt_chunk(key, ciphertext, n_rows=rows)[:, 0])
+            except PackedError as exc:
+                self._refuse(round_id, spec.name, "outputs could not be decrypted")
+                raise FundError(
+                    f"batch {batch} of {spec.name!r}'s submission could not be decrypted ({exc}); "
+                    "it was not computed from this round's packed features. The model has no "
+                    "score this round."
+                ) from None
+            report(batch)
+        decrypted = np.concatenate(products)
+        live = pd.read_parquet(self.round_dir(round_id) / PACKED_LIVE, columns=spec.features)
+        try:
+            verify_products(live.to_numpy(), spec, decrypted)
+        except PackedError as exc:
+            self._refuse(round_id, spec.name, "not a linear model within its declared bounds")
+            raise FundError(
+                f"{spec.name!r}'s decrypted outputs are refused: {exc} A packed submission must "
+                "be the round's features times the model's own integer weights."
+            ) from None
+        return LinearCodec(spec).decode(decrypted)
+
+    def _round_key(self, round_id: str) -> RoundKey:
+        """The round's packed key, loaded once per fund object and round."""
+        cached = self._round_keys.get(round_id)
+        if cached is None or self.keys.is_retired(round_id, PACKED_KEYS):
+            cached = self._round_keys[round_id] = load_round_key(self.keys, round_id)
+        return cached
+
+    def _retire_packed_key_when_done(self, round_id: str) -> None:
+        bundles = self.round_record(round_id).bundles
+        pending = (SubmissionStatus.AWAITING, SubmissionStatus.DECRYPTING)
+        if not any(bundles[m].status in pending for m in self.packed_models(round_id)):
+            self.retire_packed_key(round_id, "every packed model of the round was decrypted")
+            self._round_keys.pop(round_id, None)
+
+    def _refuse(self, round_id: str, model: str, detail: str) -> None:
+        self.db.set_submission_status(round_id, model, SubmissionStatus.REFUSED, detail)
+
+    def _refuse_failures(
+        self, round_id: str, model: str, failures: list[RowFailure], what: str
+    ) -> None:
+        if not failures:
+            return
+        self._refuse(round_id, model, "outputs could not be decrypted")
+        raise FundError(
+            f"{len(failures)} batch(es) of {model!r}'s submission could not be decrypted "
+            f"(first: batch {failures[0].position}: {failures[0].reason}); the outputs were "
+            f"not computed from this {what}. The model has no score this round."
+        )
 
     def _check_signature(self, directory: Path, model: str) -> str:
         """The model's owner, if the owner signed ``directory``; otherwise a refusal that names

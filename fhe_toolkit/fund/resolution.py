@@ -99,6 +99,8 @@ class Resolution(FundBase):
             round_id, long, scores.assign(mmc=mmc)[["corr", "mmc", "score", "payout"]],
             correlations, self.reputation_rounds,
         )  # fmt: skip
+        # Resolved: a packed model that never sent its submission has no decryption coming.
+        self.retire_packed_key(round_id, "the round was resolved")
         return self._write_results(round_id, per_era, scores.join(paid))
 
     def export_results(self, round_id: str) -> RoundResults:

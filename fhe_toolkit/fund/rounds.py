@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -14,22 +16,59 @@ import numpy as np
 import pandas as pd
 
 from fhe_toolkit.data import load_tournament
-from fhe_toolkit.data.schema import ERA
+from fhe_toolkit.data.schema import ERA, FEATURE_VALUES
 from fhe_toolkit.errors import FundError
 from fhe_toolkit.fhe.codecs import SpecCodec
 from fhe_toolkit.fhe.keystore import TRAINING_KEYS
+from fhe_toolkit.fhe.packed import (
+    CHUNK_ROWS,
+    PACKED_KEYS,
+    PADDING_PREFIX,
+    create_round_key,
+    encrypt_features,
+    padded,
+    round_params,
+)
 from fhe_toolkit.fhe.versions import package_versions
-from fhe_toolkit.fund.base import FundBase, report_progress
+from fhe_toolkit.fund.base import (
+    MAX_PACKED_PER_PARTICIPANT,
+    PACKED_DIR,
+    PACKED_LIVE,
+    FundBase,
+    report_progress,
+)
 from fhe_toolkit.protocol.artifacts import (
     BUNDLE_SPEC,
+    COLUMNS,
+    COMPRESSION_KEY,
     EVALUATION_KEYS,
+    PACKED_PARAMS,
+    PACKED_ROUND,
     ROUND_BUNDLE,
     write_artifact,
 )
 from fhe_toolkit.protocol.manifest import ROUND_PATTERN
-from fhe_toolkit.protocol.modelspec import ModelSpec
+from fhe_toolkit.protocol.modelspec import LinearSpec, ModelSpec
 from fhe_toolkit.protocol.signing import load_private_key, sign_directory
 from fhe_toolkit.registry import NewBundle
+
+
+@dataclass(frozen=True)
+class OpenedRound(Mapping[str, Path]):
+    """Each model's bundle directory (a packed model's is the round's shared packed dataset),
+    and the models left out of the round with the reason."""
+
+    bundles: dict[str, Path]
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, model: str) -> Path:
+        return self.bundles[model]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.bundles)
+
+    def __len__(self) -> int:
+        return len(self.bundles)
 
 
 class Rounds(FundBase):
@@ -40,14 +79,23 @@ class Rounds(FundBase):
         *,
         models: Sequence[str] | None = None,
         deadline: datetime | None = None,
+        max_packed_per_participant: int = MAX_PACKED_PER_PARTICIPANT,
         on_progress: Callable[[str, int, int], None] | None = None,
-    ) -> dict[str, Path]:
-        """Encrypt the live rows for each registered model under fresh keys; write the bundles,
-        each signed by the fund.
+    ) -> OpenedRound:
+        """Encrypt the live rows for each registered model and publish the bundles, signed by
+        the fund.
 
-        ``deadline``: submissions after it are refused (none: until the round is closed).
-        ``on_progress(model, rows_done, rows)`` reports encryption progress. Returns each
-        model's bundle directory, to be handed to its participant.
+        Circuit models (trees, networks, linear models exported as circuits) get fresh keys
+        each and a bundle of their own. Linear models share the round's packed dataset: the
+        live features encrypted once under a fresh round key (at most
+        ``max_packed_per_participant`` packed models per participant: each one more decryption
+        under the shared key; the rest are left out).
+        A model whose keys or encryption fail is left out, with the reason, and every other
+        model's bundle is published.
+
+        ``deadline``: submissions after it are refused (none: until the round is closed); it
+        must be in the future. ``on_progress(model, rows_done, rows)`` reports encryption
+        progress (``model`` is ``"packed"`` for the shared dataset).
         """
         if not re.fullmatch(ROUND_PATTERN, round_id) or round_id == TRAINING_KEYS:
             raise FundError(
@@ -62,58 +110,173 @@ class Rounds(FundBase):
             raise FundError(f"round {round_id!r} is open already ({directory}).")
         if directory.exists():
             raise FundError(f"{directory} exists but the database has no round {round_id!r}.")
+        if deadline is not None and deadline <= datetime.now(UTC):
+            raise FundError(
+                f"the deadline {deadline:%Y-%m-%d %H:%M} UTC has passed: participants would "
+                "run the whole round for nothing. Give a deadline in the future."
+            )
+        if max_packed_per_participant < 1:
+            raise FundError(
+                f"max_packed_per_participant must be at least 1, not {max_packed_per_participant}."
+            )
         frame = live if isinstance(live, pd.DataFrame) else load_tournament(live)
+        if frame.empty:
+            raise FundError("the live data has no rows: there is nothing to encrypt.")
         chosen = list(models) if models is not None else list(self.models().index)
         if not chosen:
             raise FundError("no model is registered; register participants' specs first.")
         specs = {name: self.spec(name) for name in chosen}
+        left_out: dict[str, str] = {}
         for spec in specs.values():
             absent = [f for f in spec.features if f not in frame.columns]
             if absent:
-                raise FundError(
-                    f"model {spec.name!r} uses features the live data lacks: {absent[:5]}."
-                )
+                left_out[spec.name] = f"the live data lacks its features {absent[:5]}"
+        linear = [s for s in specs.values() if isinstance(s, LinearSpec)]
+        left_out |= self._over_the_cap(linear, max_packed_per_participant)
         self.public_key()
         signing_key = load_private_key(self.identity_path)
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "bundles").mkdir(parents=True)
         frame[[ERA]].to_parquet(staging / "live_ids.parquet")
-        bundles = []
+        bundles: list[NewBundle] = []
         for name, spec in specs.items():
-            key_set = self.keys.create(round_id, name, spec, replace_unpublished=True)
-            ids, ciphertexts = _encrypt_rows(
-                key_set.client, spec, frame, partial(report_progress, on_progress, name)
-            )
-            bundle_dir = staging / "bundles" / name
-            bundle_sha = write_artifact(
-                bundle_dir,
-                ROUND_BUNDLE,
-                batches={"ids": ids, "ciphertext": ciphertexts},
-                blobs={
-                    EVALUATION_KEYS: key_set.evaluation_keys,
-                    BUNDLE_SPEC: spec.to_json().encode(),
-                },
-                round_id=round_id,
-                model=spec.name,
-                key_set_id=key_set.key_set_id,
-                spec_sha256=spec.sha256(),
-                n_rows=len(frame),
-                n_batches=len(ciphertexts),
-                batch_size=spec.batch_size,
-                versions=package_versions(),
-            )
-            sign_directory(bundle_dir, signing_key)
-            bundles.append(NewBundle(name, key_set.key_set_id, bundle_sha, ids))
+            if name in left_out or isinstance(spec, LinearSpec):
+                continue
+            try:
+                bundles.append(
+                    self._encrypt_circuit(
+                        round_id, spec, frame, staging, partial(report_progress, on_progress, name)
+                    )
+                )
+            except Exception as exc:
+                left_out[name] = f"its keys or encryption failed: {exc}"
+            else:
+                sign_directory(staging / "bundles" / name, signing_key)
+        packed = [s for s in specs.values() if isinstance(s, LinearSpec) and s.name not in left_out]
+        if packed:
+            try:
+                bundles.extend(
+                    self._encrypt_packed(
+                        round_id, packed, frame, staging,
+                        partial(report_progress, on_progress, "packed"),
+                    )
+                )  # fmt: skip
+            except Exception as exc:
+                left_out |= {s.name: f"the packed encryption failed: {exc}" for s in packed}
+            else:
+                sign_directory(staging / PACKED_DIR, signing_key)
+        if not bundles:
+            shutil.rmtree(staging, ignore_errors=True)
+            reasons = "; ".join(f"{m}: {why}" for m, why in left_out.items())
+            raise FundError(f"no model could be encrypted for round {round_id!r} ({reasons}).")
         self.db.create_round(round_id, len(frame), deadline, bundles)
-        return self._publish(round_id, staging)
+        opened = self._publish(round_id, staging)
+        return OpenedRound(opened.bundles, left_out)
 
-    def _publish(self, round_id: str, staging: Path) -> dict[str, Path]:
+    def _encrypt_circuit(
+        self,
+        round_id: str,
+        spec: ModelSpec,
+        frame: pd.DataFrame,
+        staging: Path,
+        on_progress: Callable[[int, int], None],
+    ) -> NewBundle:
+        """A circuit model's own keys and bundle, in ``staging/bundles/<model>``."""
+        key_set = self.keys.create(round_id, spec.name, spec, replace_unpublished=True)
+        ids, ciphertexts = _encrypt_rows(key_set.client, spec, frame, on_progress)
+        bundle_sha = write_artifact(
+            staging / "bundles" / spec.name,
+            ROUND_BUNDLE,
+            batches={"ids": ids, "ciphertext": ciphertexts},
+            blobs={EVALUATION_KEYS: key_set.evaluation_keys, BUNDLE_SPEC: spec.to_json().encode()},
+            round_id=round_id,
+            model=spec.name,
+            key_set_id=key_set.key_set_id,
+            spec_sha256=spec.sha256(),
+            n_rows=len(frame),
+            n_batches=len(ciphertexts),
+            batch_size=spec.batch_size,
+            versions=package_versions(),
+        )
+        return NewBundle(spec.name, key_set.key_set_id, bundle_sha, ids)
+
+    def _encrypt_packed(
+        self,
+        round_id: str,
+        specs: list[LinearSpec],
+        frame: pd.DataFrame,
+        staging: Path,
+        on_progress: Callable[[int, int], None],
+    ) -> list[NewBundle]:
+        """The round's packed dataset, in ``staging/packed``: the features every packed model
+        uses (in the live file's order), encrypted once under a fresh round key, padded with
+        made-up rows when the round has too few (:func:`~fhe_toolkit.fhe.packed.padded`).
+        The clear values stay in the round's private folder, to verify what is decrypted."""
+        used = {f for spec in specs for f in spec.features}
+        columns = [c for c in frame.columns if c in used]
+        values = frame[columns].to_numpy()
+        low, high = FEATURE_VALUES
+        if not np.issubdtype(values.dtype, np.integer) or values.min() < low or values.max() > high:
+            raise FundError(f"packed features must be integers {low}..{high} (Numerai's bins).")
+        live_ids = [str(i) for i in frame.index]
+        if any(i.startswith(PADDING_PREFIX) for i in live_ids):
+            raise FundError(f"live ids must not start with {PADDING_PREFIX!r} (reserved).")
+        values, row_ids = padded(values, live_ids)
+        params = round_params(len(columns), specs)
+        key_set_id, key, compression_key = create_round_key(self.keys, round_id, params)
+        chunks = encrypt_features(key, values, on_progress)
+        starts = range(0, len(values), CHUNK_ROWS)
+        ids = [row_ids[start : start + CHUNK_ROWS] for start in starts]
+        clear = pd.DataFrame(values.astype(np.int8), index=pd.Index(row_ids, name="id"))
+        clear.set_axis(columns, axis=1).to_parquet(staging / PACKED_LIVE)
+        dataset_sha = write_artifact(
+            staging / PACKED_DIR,
+            PACKED_ROUND,
+            # Row positions, not ids: which rows are made up must not show.
+            batches={
+                "ids": [
+                    [str(i) for i in range(s, s + len(b))] for s, b in zip(starts, ids, strict=True)
+                ],
+                "ciphertext": chunks,
+            },
+            blobs={
+                COMPRESSION_KEY: compression_key.to_bytes(),
+                PACKED_PARAMS: params.to_json().encode(),
+                COLUMNS: json.dumps(columns).encode(),
+            },
+            round_id=round_id,
+            key_set_id=key_set_id,
+            n_rows=len(values),
+            n_batches=len(chunks),
+            batch_size=CHUNK_ROWS,
+            versions=package_versions(),
+        )
+        return [NewBundle(spec.name, key_set_id, dataset_sha, ids) for spec in specs]
+
+    def _over_the_cap(self, specs: list[LinearSpec], cap: int) -> dict[str, str]:
+        """Packed models beyond ``cap`` for their owner (in the order given), each with the
+        reason it is left out."""
+        by_owner: dict[str, list[str]] = {}
+        for spec in specs:
+            by_owner.setdefault(self.db.owner(spec.name), []).append(spec.name)
+        return {
+            model: f"{owner} has more than {cap} packed models in this round (the cap)"
+            for owner, names in by_owner.items()
+            for model in names[cap:]
+        }
+
+    def _publish(self, round_id: str, staging: Path) -> OpenedRound:
         directory = self.round_dir(round_id)
         staging.rename(directory)
-        names = sorted(p.name for p in (directory / "bundles").iterdir())
-        for name in names:
-            self.keys.mark_published(round_id, name)
-        return {name: directory / "bundles" / name for name in names}
+        bundles: dict[str, Path] = {}
+        for model in self.round_record(round_id).bundles:
+            own = directory / "bundles" / model
+            bundles[model] = own if own.is_dir() else directory / PACKED_DIR
+            if own.is_dir():
+                self.keys.mark_published(round_id, model)
+        if (directory / PACKED_DIR).is_dir():
+            self.keys.mark_published(round_id, PACKED_KEYS)
+        return OpenedRound(bundles)
 
     def close_round(self, round_id: str) -> None:
         """Stop taking submissions for the round (it is resolved once its targets are known)."""

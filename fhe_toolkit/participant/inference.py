@@ -1,25 +1,42 @@
-"""Run an exported model on the fund's encrypted round bundle and write the signed submission."""
+"""Run an exported model on the fund's encrypted round bundle and write the signed submission.
+
+A compiled model runs on its own bundle (its circuit, the bundle's evaluation keys); a packed
+linear model multiplies the round's shared packed dataset by its private integer weights.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fhe_toolkit.errors import IdentityError, ParticipantError, RowsCrashedError, RunError
-from fhe_toolkit.fhe.engine import run_rows
+from fhe_toolkit.fhe.engine import Task, run_rows
+from fhe_toolkit.fhe.glwe import PackedError, PackedParams
+from fhe_toolkit.fhe.packed import MultiplyTask, load_weights, weight_vector
 from fhe_toolkit.fhe.server_library import ensure_server_library
 from fhe_toolkit.fhe.tasks import ServerTask
 from fhe_toolkit.fhe.versions import package_versions
-from fhe_toolkit.participant.model import load_model_dir
+from fhe_toolkit.participant.model import WEIGHTS_FILE, load_model_dir
 from fhe_toolkit.participant.outputs import CHECKPOINT, finished_answer, open_checkpoint
 from fhe_toolkit.protocol.artifacts import (
+    COLUMNS,
+    COMPRESSION_KEY,
     EVALUATION_KEYS,
+    PACKED_PARAMS,
+    PACKED_ROUND,
+    PACKED_SUBMISSION,
     ROUND_BUNDLE,
     SUBMISSION,
+    Artifact,
+    Kind,
     answer_fields,
     open_artifact,
     write_artifact,
 )
+from fhe_toolkit.protocol.manifest import peek_kind
+from fhe_toolkit.protocol.modelspec import LinearSpec, ModelSpec
 from fhe_toolkit.protocol.signing import (
     load_private_key,
     load_public_key,
@@ -50,30 +67,32 @@ def run_bundle(
     """
     signing_key = load_private_key(identity)
     spec, deployment = load_model_dir(model_dir)
-    bundle = open_artifact(bundle_dir, ROUND_BUNDLE)
+    packed = peek_kind(bundle_dir) == PACKED_ROUND.name
+    bundle = open_artifact(bundle_dir, PACKED_ROUND if packed else ROUND_BUNDLE)
     if fund_key is not None:
         key = fund_key if isinstance(fund_key, bytes) else load_public_key(fund_key)
         try:
             verify_directory(bundle_dir, key, "the fund")
         except IdentityError as exc:
             raise ParticipantError(f"not running this bundle: {exc}") from None
-    if bundle.manifest.model != spec.name or bundle.manifest.spec_sha256 != spec.sha256():
-        raise ParticipantError(
-            f"{bundle_dir} was encrypted for model {bundle.manifest.model!r} (spec "
-            f"{bundle.manifest.spec_sha256[:12]}…), but {model_dir} holds model {spec.name!r} "
-            f"(spec {spec.sha256()[:12]}…); run each bundle with the model it was made for."
-        )
-    mine = package_versions()
-    if spec.versions.get("concrete-python") != mine["concrete-python"]:
-        raise ParticipantError(
-            f"the model was compiled with concrete-python {spec.versions.get('concrete-python')}"
-            f" but {mine['concrete-python']} is installed; re-export it with this version."
-        )
     out = Path(out_dir)
-    if finished_answer(out, bundle, SUBMISSION):
+    if isinstance(spec, LinearSpec):
+        if not packed:
+            raise ParticipantError(
+                f"{model_dir} holds a packed linear model: run it on the round's packed dataset "
+                f"(the fund's rounds/<round>/packed), not on {bundle_dir}."
+            )
+        task, kind, binding = _packed_work(bundle, spec, deployment)
+    else:
+        if packed:
+            raise ParticipantError(
+                f"{bundle_dir} is a round's packed dataset, for linear models exported packed; "
+                f"{model_dir} holds a compiled circuit: run it on its own bundle."
+            )
+        task, kind, binding = _circuit_work(bundle, spec, deployment, bundle_dir, model_dir)
+    if finished_answer(out, bundle, kind, spec.name):
         sign_directory(out, signing_key)
         return out
-    library = ensure_server_library(deployment)
     table = bundle.batches()
     sizes = table["ids"].map(len).tolist()
     with open_checkpoint(out, bundle) as checkpoint:
@@ -89,12 +108,13 @@ def run_bundle(
         report()
         try:
             failures = run_rows(
-                ServerTask(str(library), str(bundle.path(EVALUATION_KEYS))),
+                task,
                 table["ciphertext"].tolist(),
                 [b for b in range(len(sizes)) if b not in done],
                 checkpoint.add,
                 workers=workers,
-                chunk_size=1 if spec.batch_size > 1 else 4,
+                # A row per ciphertext is cheap: hand workers a few at a time.
+                chunk_size=4 if isinstance(spec, ModelSpec) and spec.batch_size == 1 else 1,
                 on_done=report,
             )
         except RowsCrashedError as exc:
@@ -112,11 +132,59 @@ def run_bundle(
             )
         write_artifact(
             out,
-            SUBMISSION,
+            kind,
             batches={"ciphertext": [data for _, data in checkpoint.outputs()]},
             compress=False,
-            versions=mine,
-            **answer_fields(bundle),
+            versions=package_versions(),
+            **binding,
         )
         sign_directory(out, signing_key)
     return out
+
+
+def _circuit_work(
+    bundle: Artifact,
+    spec: ModelSpec,
+    deployment: Path,
+    bundle_dir: str | Path,
+    model_dir: str | Path,
+) -> tuple[Task, Kind, dict[str, Any]]:
+    """The task, answer kind and manifest binding for a compiled model's own bundle."""
+    if bundle.model != spec.name or bundle.manifest.spec_sha256 != spec.sha256():
+        raise ParticipantError(
+            f"{bundle_dir} was encrypted for model {bundle.model!r} (spec "
+            f"{str(bundle.manifest.spec_sha256)[:12]}…), but {model_dir} holds model "
+            f"{spec.name!r} (spec {spec.sha256()[:12]}…); run each bundle with the model it was "
+            "made for."
+        )
+    mine = package_versions()
+    if spec.versions.get("concrete-python") != mine["concrete-python"]:
+        raise ParticipantError(
+            f"the model was compiled with concrete-python {spec.versions.get('concrete-python')}"
+            f" but {mine['concrete-python']} is installed; re-export it with this version."
+        )
+    library = ensure_server_library(deployment)
+    task = ServerTask(str(library), str(bundle.path(EVALUATION_KEYS)))
+    return task, SUBMISSION, answer_fields(bundle)
+
+
+def _packed_work(
+    bundle: Artifact, spec: LinearSpec, deployment: Path
+) -> tuple[Task, Kind, dict[str, Any]]:
+    """The task, answer kind and manifest binding for a packed model on the round's dataset:
+    the answer names the model and its spec, which the shared dataset does not."""
+    params = bundle.read(PACKED_PARAMS).decode()
+    columns = json.loads(bundle.read(COLUMNS))
+    try:
+        weights = weight_vector(spec, load_weights(deployment / WEIGHTS_FILE, spec), columns)
+    except PackedError as exc:
+        raise ParticipantError(str(exc)) from None
+    if spec.weight_bound > PackedParams.from_json(params).weight_bound:
+        raise ParticipantError(
+            f"the round's packed dataset allows weights up to "
+            f"±{PackedParams.from_json(params).weight_bound}, but {spec.name!r} declares "
+            f"±{spec.weight_bound}: the fund opened the round for other models."
+        )
+    task = MultiplyTask(params, str(bundle.path(COMPRESSION_KEY)), tuple(map(int, weights)))
+    binding = {**answer_fields(bundle), "model": spec.name, "spec_sha256": spec.sha256()}
+    return task, PACKED_SUBMISSION, binding

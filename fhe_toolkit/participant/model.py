@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from fhe_toolkit.errors import ParticipantError
+from fhe_toolkit.fhe.codecs import LinearCodec, quantize_weights
 from fhe_toolkit.fhe.compiling import (
     compile_for_batches,
     predict_clear,
@@ -30,31 +31,52 @@ from fhe_toolkit.fhe.compiling import (
 from fhe_toolkit.fhe.server_library import SERVER_ZIP, ensure_server_library
 from fhe_toolkit.fhe.versions import package_versions
 from fhe_toolkit.protocol.families import Family, get_family
+from fhe_toolkit.protocol.files import write_atomic
 from fhe_toolkit.protocol.manifest import utc_now
-from fhe_toolkit.protocol.modelspec import ModelSpec, QuantizerSpec, read_spec
+from fhe_toolkit.protocol.modelspec import (
+    AnyModelSpec,
+    LinearSpec,
+    ModelSpec,
+    QuantizerSpec,
+    load_spec,
+)
 from fhe_toolkit.scoring import score_eras, summarize
 
 SPEC_FILE = "model_spec.json"
 DEPLOYMENT_DIR = "deployment"
 TRAINING_FILE = "training.json"
+WEIGHTS_FILE = "linear_weights.json"
+"""A packed model's private integer weights, in its deployment directory."""
+DEFAULT_WEIGHT_BITS = 8
 
 
 @dataclass
 class TrainedModel:
-    """A fitted Concrete ML model with what it was trained on."""
+    """A fitted Concrete ML model with what it was trained on.
+
+    ``packed``: a linear model that runs on the round's packed encryption of the live features
+    (the default for the linear families): its quantized form is integer weights of
+    ``weight_bits`` bits times the features' own integer values, with nothing to compile.
+    Otherwise the model is compiled into a circuit of its own.
+    """
 
     family: Family
     features: list[str]
     target: str
     estimator: Any
     params: dict[str, Any] = field(default_factory=dict)
+    packed: bool = False
 
     def predict(self, data: pd.DataFrame, mode: str = "quantized") -> pd.Series:
-        """Predictions by id: ``clear`` (float model), ``quantized`` (what FHE decrypts to) or
-        ``simulated`` (the compiled circuit in Concrete's simulation)."""
+        """Predictions by id: ``clear`` (float model), ``quantized`` (what the fund decrypts and
+        decodes) or ``simulated`` (the compiled circuit in Concrete's simulation; for a packed
+        model, the same integer arithmetic as ``quantized``, which is exact)."""
         x = _features(data, self.features)
         if mode == "clear":
             values = predict_clear(self.estimator, self.family, x)
+        elif mode in ("quantized", "simulated") and self.packed:
+            weights, spec = self.linear_parts("preview")
+            values = LinearCodec(spec).decode(np.rint(x).astype(np.int64) @ weights)
         elif mode == "quantized":
             values = predict_quantized(self.estimator, self.family, x)
         elif mode == "simulated":
@@ -67,7 +89,27 @@ class TrainedModel:
 
     @property
     def is_compiled(self) -> bool:
-        return bool(getattr(self.estimator, "_is_compiled", False))
+        """Ready to export: a packed model always is (it has no circuit)."""
+        return self.packed or bool(getattr(self.estimator, "_is_compiled", False))
+
+    def linear_parts(self, name: str) -> tuple[np.ndarray, LinearSpec]:
+        """A packed model's private integer weights and its public spec under ``name``."""
+        float_model = self.estimator.sklearn_model
+        coef = np.asarray(float_model.coef_, dtype=np.float64).ravel()
+        intercept = float(np.asarray(float_model.intercept_, dtype=np.float64).ravel()[0])
+        weight_bits = int(self.params.get("n_bits", DEFAULT_WEIGHT_BITS))
+        weights, scale = quantize_weights(coef, weight_bits)
+        spec = LinearSpec(
+            name=name,
+            family=self.family.name,
+            target=self.target,
+            features=self.features,
+            weight_bits=weight_bits,
+            scale=scale,
+            intercept=intercept,
+            versions=package_versions(),
+        )
+        return weights, spec
 
 
 def train_model(
@@ -78,8 +120,12 @@ def train_model(
     target: str = "target",
     params: dict[str, Any] | None = None,
     seed: int = 0,
+    packed: bool | None = None,
 ) -> TrainedModel:
     """Fit a Concrete ML model of ``family`` on the training rows.
+
+    ``packed``: run on the round's packed encryption (default: yes for the linear families,
+    which are the only ones that can; ``False`` compiles a linear model into its own circuit).
 
     ``params`` override the family's defaults (see :data:`fhe_toolkit.protocol.families.FAMILIES`).
     Classification families learn whether the target is above its median bucket (0.5); the
@@ -87,6 +133,10 @@ def train_model(
     Rows with a NaN target are left out.
     """
     info = get_family(family)
+    if packed and not info.packable:
+        raise ParticipantError(
+            f"only the linear families run packed, not {family!r}; leave packed unset for it."
+        )
     features = list(features)
     missing = [c for c in [*features, target] if c not in data.columns]
     if missing:
@@ -115,11 +165,15 @@ def train_model(
         # Buckets -2..2: a 0..1 target around 0.5 falls within one level of the output quantizer.
         y = ((y - 0.5) * 4).reshape(-1, 1)
     estimator.fit(x, y)
-    return TrainedModel(info, features, target, estimator, settings)
+    packed = info.packable if packed is None else packed
+    return TrainedModel(info, features, target, estimator, settings, packed=packed)
 
 
 def compile_model(model: TrainedModel, sample: pd.DataFrame, max_rows: int = 1000) -> None:
-    """Compile for FHE, calibrating on up to ``max_rows`` rows of ``sample``."""
+    """Compile for FHE, calibrating on up to ``max_rows`` rows of ``sample`` (nothing to do for a
+    packed model: it runs on the round's packed encryption, with no circuit of its own)."""
+    if model.packed:
+        return
     x = _features(sample.iloc[:max_rows], model.features)
     compile_for_batches(model.estimator, x, model.family.batch_size)
 
@@ -150,15 +204,14 @@ def diagnose(
     return summarize(per_era).rename_axis(["mode", "metric"])
 
 
-def export_model(model: TrainedModel, out_dir: str | Path, name: str) -> ModelSpec:
+def export_model(model: TrainedModel, out_dir: str | Path, name: str) -> AnyModelSpec:
     """Write the deployment (private) and the public model spec into ``out_dir``.
 
-    The model must be compiled. Refuses to overwrite an existing model directory's deployment.
+    A circuit model must be compiled; a packed model's deployment is its integer weights.
+    Refuses to overwrite an existing model directory's deployment.
     """
     if not model.is_compiled:
         raise ParticipantError("compile the model (compile_model) before exporting it.")
-    from concrete.ml.deployment import FHEModelDev
-
     out = Path(out_dir)
     deployment = out / DEPLOYMENT_DIR
     if deployment.exists() and any(deployment.iterdir()):
@@ -166,6 +219,41 @@ def export_model(model: TrainedModel, out_dir: str | Path, name: str) -> ModelSp
             f"{deployment} already holds a compiled model; export to a new directory (keys "
             "issued for the old one would not fit a new compilation)."
         )
+    spec = (
+        _export_packed(model, deployment, name)
+        if model.packed
+        else _export_circuit(model, deployment, name)
+    )
+    (out / SPEC_FILE).write_text(spec.to_json())
+    (out / TRAINING_FILE).write_text(
+        json.dumps(
+            {
+                "family": model.family.name,
+                "estimator": model.family.estimator,
+                "packed": model.packed,
+                "params": {k: _jsonable(v) for k, v in model.params.items()},
+                "features": model.features,
+                "target": model.target,
+                "exported_at": utc_now(),
+            },
+            indent=1,
+        )
+    )
+    return spec
+
+
+def _export_packed(model: TrainedModel, deployment: Path, name: str) -> LinearSpec:
+    weights, spec = model.linear_parts(name)
+    deployment.mkdir(parents=True, exist_ok=True)
+    write_atomic(
+        deployment / WEIGHTS_FILE, json.dumps({"weights": weights.tolist()}).encode(), mode=0o600
+    )
+    return spec
+
+
+def _export_circuit(model: TrainedModel, deployment: Path, name: str) -> ModelSpec:
+    from concrete.ml.deployment import FHEModelDev
+
     estimator = model.estimator
     spec = ModelSpec(
         name=name,
@@ -178,34 +266,21 @@ def export_model(model: TrainedModel, out_dir: str | Path, name: str) -> ModelSp
         client_specs=json.loads(estimator.fhe_circuit.client.specs.serialize()),
         versions=package_versions(),
     )
-    out.mkdir(parents=True, exist_ok=True)
+    deployment.parent.mkdir(parents=True, exist_ok=True)
     FHEModelDev(str(deployment), estimator).save()
     ensure_server_library(deployment, estimator.fhe_circuit.server)
-    (out / SPEC_FILE).write_text(spec.to_json())
-    (out / TRAINING_FILE).write_text(
-        json.dumps(
-            {
-                "family": model.family.name,
-                "estimator": model.family.estimator,
-                "params": {k: _jsonable(v) for k, v in model.params.items()},
-                "features": model.features,
-                "target": model.target,
-                "exported_at": utc_now(),
-            },
-            indent=1,
-        )
-    )
     return spec
 
 
-def load_model_dir(model_dir: str | Path) -> tuple[ModelSpec, Path]:
+def load_model_dir(model_dir: str | Path) -> tuple[AnyModelSpec, Path]:
     """The spec and deployment directory of an exported model, checked to belong together."""
     root = Path(model_dir)
-    spec = read_spec(root / SPEC_FILE, ModelSpec)
+    spec = load_spec(root / SPEC_FILE)
     deployment = root / DEPLOYMENT_DIR
-    if not (deployment / SERVER_ZIP).is_file():
+    needed = WEIGHTS_FILE if isinstance(spec, LinearSpec) else SERVER_ZIP
+    if not (deployment / needed).is_file():
         raise ParticipantError(
-            f"{deployment / SERVER_ZIP} is missing: {root} is not an exported model directory "
+            f"{deployment / needed} is missing: {root} is not an exported model directory "
             "(see `fhe-toolkit participant train`)."
         )
     return spec, deployment

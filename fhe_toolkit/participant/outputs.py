@@ -16,20 +16,20 @@ from fhe_toolkit.protocol.manifest import MANIFEST
 CHECKPOINT = ".checkpoint.sqlite"
 
 
-def finished_answer(out: Path, bundle: Artifact, kind: Kind) -> bool:
-    """Whether ``out`` holds the finished answer (of ``kind``) to ``bundle`` already.
+def finished_answer(out: Path, bundle: Artifact, kind: Kind, model: str) -> bool:
+    """Whether ``out`` holds the finished answer (of ``kind``) of ``model`` to ``bundle``.
 
-    Refuses an ``out`` that holds the answer to another bundle: running this one there would
-    mix two runs' work.
+    Refuses an ``out`` that holds another answer (another bundle, or another model's answer to
+    a round's shared packed dataset): running this one there would mix two runs' work.
     """
     if not (out / MANIFEST).exists():
         return False
     finished = open_artifact(out, kind)
-    if finished.manifest.bundle_sha256 == bundle.sha256:
+    if finished.manifest.bundle_sha256 == bundle.sha256 and finished.manifest.model == model:
         return True
     raise ParticipantError(
-        f"{out} holds the {kind.name} for another bundle (round or job "
-        f"{finished.manifest.round_id!r}); write this one to a new --out."
+        f"{out} holds the {kind.name} of model {finished.manifest.model!r} for another model or "
+        f"bundle (round or job {finished.manifest.round_id!r}); write this one to a new --out."
     )
 
 

@@ -182,11 +182,11 @@ def run_training_bundle(
     spec, deployment = load_training_job(job_dir)
     if bundle.spec.sha256() != spec.sha256():
         raise ParticipantError(
-            f"this bundle was encrypted for training spec {bundle.manifest.spec_sha256[:12]}… "
+            f"this bundle was encrypted for training spec {bundle.spec.sha256()[:12]}… "
             f"({bundle.spec.name!r}), not for the job in {job_dir} ({spec.sha256()[:12]}…)."
         )
     out = Path(out_dir)
-    if finished_answer(out, bundle, TRAINING_RESULT):
+    if finished_answer(out, bundle, TRAINING_RESULT, spec.name):
         return out
     library = ensure_server_library(deployment)
     batches = bundle.batches()

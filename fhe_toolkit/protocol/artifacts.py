@@ -11,7 +11,14 @@ training-bundle    fund → participant         ``batches.parquet`` (batch, x, y
                                               ``initial_weights.bin``, ``initial_bias.bin``,
                                               ``evaluation_keys.bin``, ``training_spec.json``
 training-result    participant → fund         ``weights.bin``, ``bias.bin``
+packed-round       fund → every linear model  ``packed_features.parquet`` (batch, ids,
+                                              ciphertext), ``compression_key.bin``,
+                                              ``packed_params.json``, ``columns.json``
+packed-submission  participant → fund         ``predictions.parquet`` (batch, ciphertext)
 =================  =========================  ==========================================
+
+A packed round is one directory per round that every linear model's participant multiplies by
+its own weights; its manifest names no model (see :mod:`fhe_toolkit.fhe.packed`).
 
 Every directory has a manifest (:mod:`fhe_toolkit.protocol.manifest`) binding it to its round
 (or training job), model, key set and spec; an answer (submission, training result) also
@@ -32,7 +39,7 @@ import pyarrow.parquet as pq
 
 from fhe_toolkit.errors import ManifestError, SpecError
 from fhe_toolkit.protocol.files import write_atomic
-from fhe_toolkit.protocol.manifest import Manifest, read_manifest, write_manifest
+from fhe_toolkit.protocol.manifest import Manifest, peek_kind, read_manifest, write_manifest
 from fhe_toolkit.protocol.modelspec import ModelSpec, PublicSpec, read_spec
 from fhe_toolkit.protocol.training_spec import TrainingSpec
 
@@ -46,6 +53,10 @@ INITIAL_BIAS = "initial_bias.bin"
 TRAINING_SPEC = "training_spec.json"
 WEIGHTS = "weights.bin"
 BIAS = "bias.bin"
+PACKED_FEATURES = "packed_features.parquet"
+COMPRESSION_KEY = "compression_key.bin"
+PACKED_PARAMS = "packed_params.json"
+COLUMNS = "columns.json"
 
 BINDING = ("round_id", "model", "key_set_id", "spec_sha256", "n_rows", "n_batches", "batch_size")
 """The manifest fields an answer copies from the bundle it answers."""
@@ -62,26 +73,20 @@ class Kind:
     spec: tuple[str, type[PublicSpec]] | None = None
 
 
+ENCRYPTED_ROWS = pa.schema(
+    [("batch", pa.int32()), ("ids", pa.list_(pa.string())), ("ciphertext", pa.large_binary())]
+)
+"""A table of encrypted live rows: each batch's ids and ciphertext."""
+OUTPUTS = pa.schema([("batch", pa.int32()), ("ciphertext", pa.large_binary())])
+"""A table of encrypted outputs, one ciphertext per batch of the bundle answered."""
+
 ROUND_BUNDLE = Kind(
     "round-bundle",
     (CIPHERTEXTS, EVALUATION_KEYS, BUNDLE_SPEC),
-    table=(
-        CIPHERTEXTS,
-        pa.schema(
-            [
-                ("batch", pa.int32()),
-                ("ids", pa.list_(pa.string())),
-                ("ciphertext", pa.large_binary()),
-            ]
-        ),
-    ),
+    table=(CIPHERTEXTS, ENCRYPTED_ROWS),
     spec=(BUNDLE_SPEC, ModelSpec),
 )
-SUBMISSION = Kind(
-    "submission",
-    (PREDICTIONS,),
-    table=(PREDICTIONS, pa.schema([("batch", pa.int32()), ("ciphertext", pa.large_binary())])),
-)
+SUBMISSION = Kind("submission", (PREDICTIONS,), table=(PREDICTIONS, OUTPUTS))
 TRAINING_BUNDLE = Kind(
     "training-bundle",
     (BATCHES, INITIAL_WEIGHTS, INITIAL_BIAS, EVALUATION_KEYS, TRAINING_SPEC),
@@ -92,6 +97,14 @@ TRAINING_BUNDLE = Kind(
     spec=(TRAINING_SPEC, TrainingSpec),
 )
 TRAINING_RESULT = Kind("training-result", (WEIGHTS, BIAS))
+PACKED_ROUND = Kind(
+    "packed-round",
+    (PACKED_FEATURES, COMPRESSION_KEY, PACKED_PARAMS, COLUMNS),
+    table=(PACKED_FEATURES, ENCRYPTED_ROWS),
+)
+PACKED_SUBMISSION = Kind("packed-submission", (PREDICTIONS,), table=(PREDICTIONS, OUTPUTS))
+ANSWERS = {kind.name: kind for kind in (SUBMISSION, PACKED_SUBMISSION)}
+"""What a participant may send back for a round."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,13 @@ class Artifact:
     """SHA-256 of the manifest file: the directory's identity, which an answer is bound to."""
     spec: Any = None
     """The validated spec (a :class:`ModelSpec` or :class:`TrainingSpec`) for kinds with one."""
+
+    @property
+    def model(self) -> str:
+        """The model this directory belongs to (refused for a packed round, which has none)."""
+        if self.manifest.model is None:
+            raise ManifestError(f"{self.directory} is a {self.kind.name}: it names no model.")
+        return self.manifest.model
 
     def path(self, name: str) -> Path:
         return self.directory / name
@@ -137,6 +157,17 @@ def open_artifact(directory: str | Path, kind: Kind) -> Artifact:
         if spec.sha256() != manifest.spec_sha256 or spec.name != manifest.model:
             raise ManifestError(f"{directory}: the {spec_type.KIND} does not match the manifest.")
     return Artifact(kind, directory, manifest, digest, spec)
+
+
+def open_answer(directory: str | Path) -> Artifact:
+    """Open what a participant sent back for a round: a submission of either path, by the kind
+    its manifest names."""
+    kind = peek_kind(directory)
+    if kind not in ANSWERS:
+        raise ManifestError(
+            f"{directory} holds a {kind}; a round takes a submission or a packed-submission."
+        )
+    return open_artifact(directory, ANSWERS[kind])
 
 
 def write_artifact(

@@ -17,7 +17,14 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fhe_toolkit.errors import ManifestError
 from fhe_toolkit.protocol.files import read_regular, sha256_file, write_atomic
@@ -42,11 +49,21 @@ class Manifest(BaseModel):
 
     format: Literal["fhe-toolkit/manifest"] = "fhe-toolkit/manifest"
     format_version: Literal[1] = 1
-    kind: Literal["round-bundle", "submission", "training-bundle", "training-result"]
+    kind: Literal[
+        "round-bundle",
+        "submission",
+        "training-bundle",
+        "training-result",
+        "packed-round",
+        "packed-submission",
+    ]
     round_id: str = Field(pattern=ROUND_PATTERN)
-    model: str = Field(pattern=NAME_PATTERN)
+    """The round; for training kinds, the training job (see :attr:`job_id`)."""
+    model: str | None = Field(default=None, pattern=NAME_PATTERN)
+    """The model (the job's name for training kinds); none for a packed round, which serves
+    every linear model of the round."""
     key_set_id: str = Field(pattern=r"^[0-9a-f]{32}$")
-    spec_sha256: str = Field(pattern=HEX64)
+    spec_sha256: str | None = Field(default=None, pattern=HEX64)
     bundle_sha256: str | None = Field(default=None, pattern=HEX64)
     n_rows: int = Field(ge=1)
     n_batches: int = Field(ge=1)
@@ -54,6 +71,20 @@ class Manifest(BaseModel):
     files: dict[str, FileEntry]
     versions: dict[str, str]
     created_at: str
+
+    @model_validator(mode="after")
+    def _bound_to_a_model(self) -> Manifest:
+        shared = self.kind == "packed-round"
+        if shared != (self.model is None) or shared != (self.spec_sha256 is None):
+            raise ValueError(
+                "a packed round names no model and no spec; every other kind names both"
+            )
+        return self
+
+    @property
+    def job_id(self) -> str:
+        """The training job a training bundle or result belongs to (stored as ``round_id``)."""
+        return self.round_id
 
     @field_validator("files")
     @classmethod
@@ -83,6 +114,24 @@ def write_manifest(directory: Path, files: list[str], **fields: object) -> str:
     text = json.dumps(manifest.model_dump(mode="json"), indent=1, sort_keys=True)
     write_atomic(directory / MANIFEST, text.encode())
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def peek_kind(directory: str | Path) -> str:
+    """The kind a directory's manifest declares, read before the directory is checked (so the
+    right checks can be chosen); anything unreadable is refused as :func:`read_manifest` would."""
+    path = Path(directory) / MANIFEST
+    if not Path(directory).is_dir():
+        raise ManifestError(f"{directory} is not a directory.")
+    if not path.exists() and not path.is_symlink():
+        raise ManifestError(f"{directory} has no {MANIFEST}: it is not a bundle or submission.")
+    raw = read_regular(path, MAX_MANIFEST_BYTES, "a manifest", ManifestError)
+    try:
+        kind = json.loads(raw).get("kind")
+    except (ValueError, AttributeError, RecursionError):
+        kind = None
+    if not isinstance(kind, str):
+        raise ManifestError(f"{path} is not a valid manifest: it declares no kind.")
+    return kind
 
 
 def read_manifest(directory: str | Path, kind: str) -> tuple[Manifest, str]:
