@@ -42,6 +42,7 @@ def main(step: str, work: Path) -> None:
         print(f"decrypted {len(predictions)} predictions; the keys are now retired")
         live = load_tournament(data / "live.parquet")
         benchmark = fund_benchmark(load_tournament(data / "train.parquet"), live)
+        fund.close_round(ROUND)  # no more submissions: the round can be resolved
         results = fund.score(ROUND, data / "live_targets.parquet", live=live, benchmark=benchmark)
         print(results.scores.round(4).T)
     else:

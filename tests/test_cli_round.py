@@ -44,10 +44,14 @@ def test_round_through_the_cli(tmp_path):
     assert again.returncode == 2 and "received already" in again.stderr
     assert "Traceback" not in again.stderr
     assert "received" in ok(cli("fund", "status", "R1", cwd=tmp_path))
+    result = cli("fund", "score", "R1", "--live", "data/live.parquet", "--targets",
+                 "data/live_targets.parquet", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "--close-now" in result.stderr
     out = ok(cli("fund", "score", "R1", "--live", "data/live.parquet", "--targets",
                  "data/live_targets.parquet", "--benchmark-train", "data/train.parquet",
-                 cwd=tmp_path))  # fmt: skip
-    assert "alice" in out and "payout" in out
+                 "--close-now", "--format", "csv", cwd=tmp_path))  # fmt: skip
+    assert out.splitlines()[0].startswith("model,") and "payout" in out.splitlines()[0]
+    assert out.splitlines()[1].startswith("alice,")
     scores = pd.read_csv(tmp_path / "fund" / "rounds" / "R1" / "results" / "scores.csv")
     assert list(scores["model"]) == ["alice"]
     board = ok(cli("fund", "leaderboard", "--sort", "stake", cwd=tmp_path))

@@ -219,10 +219,13 @@ def test_keys_are_private_retired_and_never_in_bundles(world, received):
 
 
 def test_round_scores_and_payouts(world, received):
+    with pytest.raises(FundError, match="is open: participants may still submit"):
+        world["fund"].score("r1", world["paths"]["live_targets"], live=world["live"])
     results = world["fund"].score(
         "r1", world["paths"]["live_targets"], live=world["live"],
-        benchmark=fund_benchmark(world["train"], world["live"]),
+        benchmark=fund_benchmark(world["train"], world["live"]), close_now=True,
     )  # fmt: skip
+    assert any("resid is the only model on 'target_resid'" in n for n in results.notes)
     assert set(results.scores.index) == set(MODELS)
     assert {"corr", "mmc", "bmc", "fnc", "max_exposure", "stake", "payout"} <= set(results.scores)
     targets = results.per_era.groupby("model")["target"].unique().map(list).to_dict()
@@ -241,6 +244,8 @@ def test_round_scores_and_payouts(world, received):
     assert world["fund"].models()["stake"].equals(stakes), "a resolved round was paid twice"
     assert (again.directory / "scores.csv").is_file()
     assert again.scores["payout"].to_dict() == pytest.approx(results.scores["payout"].to_dict())
+    assert list(again.scores.columns) == list(results.scores.columns), "other columns again"
+    assert "not used" in again.notes[0]
 
 
 def test_truncated_ciphertext_file_is_refused(world, tmp_path):

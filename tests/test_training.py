@@ -243,7 +243,7 @@ def test_the_trained_model_enters_and_scores_in_an_encrypted_round(job, trained)
     logits = live[job["spec"].features].to_numpy() @ weights["coef"] + weights["intercept"]
     clear = 1 / (1 + np.exp(-logits))
     assert np.corrcoef(predictions.loc[live.index], clear)[0, 1] > 0.99
-    results = fund.score("r1", job["paths"]["live_targets"], live=live)
+    results = fund.score("r1", job["paths"]["live_targets"], live=live, close_now=True)
     assert np.isfinite(results.scores.loc["sgd-model", "corr"])
 
 

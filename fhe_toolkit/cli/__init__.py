@@ -6,6 +6,7 @@ Every command's expected errors come out as one clear message (no traceback) and
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -32,6 +33,13 @@ from fhe_toolkit.errors import FheToolkitError
 F = TypeVar("F", bound=Callable[..., Any])
 # Piped output (CI logs, files) keeps its lines whole instead of folding them at 80 columns.
 console = Console(soft_wrap=not sys.stdout.isatty())
+notes = Console(stderr=True, soft_wrap=True)
+"""Notes beside a command's output (stderr), so ``fhe-toolkit fund public-key > fund.pub``
+writes only the key."""
+# torch (under Concrete ML) prints "No CUDA runtime is found" on import when nvcc is installed
+# but no GPU is: an empty CUDA_PATH stops its search. Only this CLI process and its workers.
+if "CUDA_HOME" not in os.environ:
+    os.environ.setdefault("CUDA_PATH", "")
 
 
 class ToolkitClickError(click.ClickException):
@@ -111,12 +119,12 @@ def main(verbose: bool) -> None:
 
     The fund encrypts its live features with FHE; participants run their quantized models on
     the ciphertexts; the fund decrypts the predictions and scores them with the shared scoring
-    modules. Start with `fhe-toolkit demo`, which runs a whole round.
+    modules. Start with `fhe-toolkit demo`, which runs a whole tournament of three rounds.
     """
 
 
 def _register() -> None:
-    from fhe_toolkit.cli import data, demo, fund, identity, participant, training
+    from fhe_toolkit.cli import data, demo, fund, identity, participant, simulate, training
 
     main.add_command(data.data)
     main.add_command(data.score)
@@ -124,6 +132,7 @@ def _register() -> None:
     main.add_command(participant.participant)
     main.add_command(demo.demo)
     main.add_command(identity.identity)
+    main.add_command(simulate.simulate)
     training.attach(participant.participant, fund.fund)
 
 

@@ -60,6 +60,20 @@ def data() -> None:
     show_default=True,
     help="Target noise; signal has unit variance. Higher means harder.",
 )
+@click.option(
+    "--regime-length",
+    default=SynthConfig.regime_length,
+    show_default=True,
+    help="Mean number of eras a sign regime lasts (the regime-flipping features switch sign "
+    "between regimes). At least 1.",
+)
+@click.option(
+    "--regime-column/--no-regime-column",
+    default=SynthConfig.regime_column,
+    show_default=True,
+    help="Also write each era's regime (+1 / -1) as a 'regime' column, live rows included: "
+    "for studies (e.g. `fhe-toolkit simulate --data`), not for files handed to participants.",
+)
 @click.option("--seed", default=SynthConfig.seed, show_default=True)
 @friendly_errors
 def data_synth(out_dir: Path, **settings: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import datetime
 
 import click
 import pandas as pd
@@ -42,6 +43,8 @@ def _cell(value: object, float_format: str) -> str:
         return MISSING if math.isnan(value) else float_format.format(value)
     if value is None or value is pd.NaT:
         return MISSING
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
 
 

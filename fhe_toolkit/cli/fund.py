@@ -11,13 +11,14 @@ from typing import Any
 import click
 import pandas as pd
 
-from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
-from fhe_toolkit.cli.display import print_frame
+from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, notes, progress_bar
+from fhe_toolkit.cli.display import format_option, print_frame
 from fhe_toolkit.data import load_tournament
 from fhe_toolkit.fund import Fund, fund_benchmark
 from fhe_toolkit.fund.base import MAX_PACKED_PER_PARTICIPANT
 from fhe_toolkit.fund.leaderboard import SORT_KEYS, SUMMARY_COLUMNS
 from fhe_toolkit.protocol.signing import public_key_path
+from fhe_toolkit.scoring import COMBINE_METHODS
 
 fund_dir_option = click.option(
     "--fund-dir", default="fund", show_default=True,
@@ -38,15 +39,25 @@ database_option = click.option(
 
 
 def with_fund(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --fund-dir, --keys and --database; pass the command a ``fund``."""
+    """Add --fund-dir, --keys and --database; pass the command a ``fund`` (made if new)."""
+    return _with_fund(command, create=True)
 
+
+def with_existing_fund(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Like :func:`with_fund`, for commands that only read: a missing fund is an error that
+    says where it was looked for, and nothing is created."""
+    return _with_fund(command, create=False)
+
+
+def _with_fund(command: Callable[..., Any], *, create: bool) -> Callable[..., Any]:
     @fund_dir_option
     @keys_option
     @database_option
     @friendly_errors
     @wraps(command)
     def wrapper(fund_dir: Path, key_dir: Path, database: str | None, **kwargs: Any) -> Any:
-        return command(fund=Fund(fund_dir, key_dir, database=database), **kwargs)
+        fund = Fund(fund_dir, key_dir, database=database, create=create)
+        return command(fund=fund, **kwargs)
 
     return wrapper
 
@@ -71,8 +82,12 @@ def public_key(fund: Fund) -> None:
     """Print the fund's public signing key (made on first use); participants check bundles
     with it."""
     key = fund.public_key()
-    console.print(key.hex())
-    console.print(f"(also in {public_key_path(fund.identity_path)})", style="dim")
+    click.echo(key.hex())
+    notes.print(
+        f"(also in {public_key_path(fund.identity_path)}: give participants that file, or this "
+        "line saved as fund.pub, for --fund-key)",
+        style="dim",
+    )
 
 
 @fund.command("add-participant")
@@ -114,7 +129,7 @@ def register(fund: Fund, spec_path: Path, participant: str, stake: float) -> Non
 @fund.command("stake")
 @click.argument("model")
 @click.argument("amount", type=float)
-@with_fund
+@with_existing_fund
 def stake(fund: Fund, model: str, amount: float) -> None:
     """Set MODEL's stake to AMOUNT; rounds opened from now on pay on it."""
     fund.set_stake(model, amount)
@@ -122,14 +137,15 @@ def stake(fund: Fund, model: str, amount: float) -> None:
 
 
 @fund.command("models")
-@with_fund
-def models(fund: Fund) -> None:
+@format_option
+@with_existing_fund
+def models(fund: Fund, output_format: str) -> None:
     """List registered models: owner, family, target, stake, version."""
     frame = fund.models()
     if frame.empty:
-        console.print("no model registered yet")
+        notes.print("no model registered yet")
         return
-    print_frame(frame, "Registered models", console, "{:,.2f}")
+    print_frame(frame, "Registered models", console, "{:,.2f}", output_format=output_format)
 
 
 @fund.command("open-round")
@@ -156,7 +172,7 @@ def models(fund: Fund) -> None:
     show_default=True,
     help="Packed (linear) models one participant may enter in the round; the rest are left out.",
 )
-@with_fund
+@with_existing_fund
 def open_round(
     fund: Fund,
     round_id: str,
@@ -204,7 +220,7 @@ def open_round(
 @click.option(
     "--workers", type=int, help="Worker processes for decryption (default: one per core)."
 )
-@with_fund
+@with_existing_fund
 def receive(fund: Fund, round_id: str, submission_dir: Path, workers: int | None) -> None:
     """Check a submission, decrypt it once (then retire its keys) and keep the predictions.
 
@@ -223,7 +239,7 @@ def receive(fund: Fund, round_id: str, submission_dir: Path, workers: int | None
 
 @fund.command("close-round")
 @click.argument("round_id")
-@with_fund
+@with_existing_fund
 def close_round(fund: Fund, round_id: str) -> None:
     """Stop taking submissions for ROUND_ID; score it once its targets are known."""
     fund.close_round(round_id)
@@ -232,31 +248,32 @@ def close_round(fund: Fund, round_id: str) -> None:
 
 @fund.command("status")
 @click.argument("round_id", required=False)
-@with_fund
-def status(fund: Fund, round_id: str | None) -> None:
-    """Show every round, or each model's state in ROUND_ID."""
+@format_option
+@with_existing_fund
+def status(fund: Fund, round_id: str | None, output_format: str) -> None:
+    """Show every round, or each model's state in ROUND_ID (models in name order)."""
     if round_id is None:
         rounds = fund.db.rounds()
         if rounds.empty:
-            console.print("no round opened yet")
+            notes.print("no round opened yet")
         else:
-            print_frame(rounds.astype(str), "Rounds", console)
+            print_frame(rounds, "Rounds", console, output_format=output_format)
         return
     record = fund.round_record(round_id)
-    frame = {
-        model: {
-            "status": bundle.status.value,
-            "detail": bundle.detail or "",
-            "stake": f"{bundle.stake:g}",
-            "key set": bundle.key_set_id[:12],
-        }
-        for model, bundle in record.bundles.items()
-    }
-    print_frame(
-        pd.DataFrame(frame).T.rename_axis("model"),
-        f"Round {round_id}: {record.status}, {record.n_rows:,} live rows",
-        console,
-    )
+    frame = pd.DataFrame.from_dict(
+        {
+            model: {
+                "status": bundle.status.value,
+                "detail": bundle.detail or "",
+                "stake": bundle.stake,
+                "key set": bundle.key_set_id[:12],
+            }
+            for model, bundle in sorted(record.bundles.items())
+        },
+        orient="index",
+    ).rename_axis("model")
+    title = f"Round {round_id}: {record.status}, {record.n_rows:,} live rows"
+    print_frame(frame, title, console, "{:,.2f}", output_format=output_format)
 
 
 @fund.command("score")
@@ -278,22 +295,51 @@ def status(fund: Fund, round_id: str | None) -> None:
 @click.option("--benchmark-train", type=click.Path(path_type=Path),
               help="Training parquet for the fund's benchmark model (ridge on all features), "
                    "for BMC. Without it, BMC is not scored.")  # fmt: skip
-@with_fund
+@click.option(
+    "--close-now",
+    is_flag=True,
+    help="Close a round that is still open (before its deadline) and score it.",
+)
+@click.option(
+    "--meta-model",
+    type=click.Choice(COMBINE_METHODS),
+    default="stake_weighted",
+    show_default=True,
+    help="How the meta model combines the models (MMC is measured against it); compare them "
+    "with `fhe-toolkit simulate`.",
+)
+@format_option
+@with_existing_fund
 def score(
-    fund: Fund, round_id: str, live_path: Path, targets_path: Path, benchmark_train: Path | None
+    fund: Fund,
+    round_id: str,
+    live_path: Path,
+    targets_path: Path,
+    benchmark_train: Path | None,
+    close_now: bool,
+    meta_model: str,
+    output_format: str,
 ) -> None:
     """Resolve ROUND_ID: CORR, MMC, BMC, FNC, exposure per model; payouts change stakes.
 
     All of it is recorded in one transaction (run it again if it was cut off). Writes
-    rounds/ROUND_ID/results/per_era.csv and scores.csv (rounded aggregates only).
+    rounds/ROUND_ID/results/per_era.csv and scores.csv (rounded aggregates only; the same
+    columns every time). Targets are checked before anything is written. A round still open
+    before its deadline is refused unless --close-now.
     """
     live = load_tournament(live_path)
     benchmark = fund_benchmark(load_tournament(benchmark_train), live) if benchmark_train else None
-    results = fund.score(round_id, targets_path, live=live, benchmark=benchmark)
+    results = fund.score(
+        round_id, targets_path, live=live, benchmark=benchmark, close_now=close_now,
+        meta_model=meta_model,
+    )  # fmt: skip
     print_frame(
-        results.scores.rename_axis("model"), f"Round {round_id}: scores and payouts", console
-    )
-    console.print(f"results in {results.directory}")
+        results.scores, f"Round {round_id}: scores and payouts", console,
+        output_format=output_format,
+    )  # fmt: skip
+    for note in results.notes:
+        notes.print(f"note: {note}")
+    notes.print(f"results in {results.directory}")
 
 
 @fund.command("leaderboard")
@@ -304,17 +350,23 @@ def score(
     default="reputation",
     show_default=True,
 )
-@with_fund
-def leaderboard(fund: Fund, sort_by: str) -> None:
+@format_option
+@with_existing_fund
+def leaderboard(fund: Fund, sort_by: str, output_format: str) -> None:
     """The tournament's models over every resolved round, best first.
 
-    Shows the owner, stake, rounds scored, mean CORR and MMC, the latest payout and the
-    reputation; the Python API's `Fund.leaderboard()` has every column.
+    Every column: owner, family, target, stake, rounds scored, the latest CORR, MMC and payout,
+    mean CORR and MMC, total payout, reputation. A narrow terminal drops the columns after
+    the summary ones first; --format csv|json always has them all.
     """
     board = fund.leaderboard(sort_by)
     if board.empty:
         raise ToolkitClickError("no model is registered yet.")
-    print_frame(board[SUMMARY_COLUMNS], f"Leaderboard (by {sort_by})", console)
+    optional = [c for c in reversed(board.columns) if c not in SUMMARY_COLUMNS]
+    print_frame(
+        board, f"Leaderboard (by {sort_by})", console,
+        output_format=output_format, optional=optional,
+    )  # fmt: skip
 
 
 @fund.command("report")
@@ -325,7 +377,7 @@ def leaderboard(fund: Fund, sort_by: str) -> None:
     show_default=True,
     type=click.Path(dir_okay=False, path_type=Path),
 )
-@with_fund
+@with_existing_fund
 def report(fund: Fund, out_path: Path) -> None:
     """Write the tournament report: one self-contained HTML file that renders offline."""
     from fhe_toolkit.fund.report import write_report

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import click
 import pandas as pd
+import pyarrow.parquet as pq
 
 from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
 from fhe_toolkit.cli.data import read_predictions
@@ -18,8 +20,9 @@ from fhe_toolkit.cli.options import (
     validation_option,
     workers_option,
 )
-from fhe_toolkit.data import load_features_json, load_tournament
+from fhe_toolkit.data import feature_columns, load_features_json, load_tournament
 from fhe_toolkit.data.io import FEATURES_JSON
+from fhe_toolkit.errors import ParticipantError
 from fhe_toolkit.participant import (
     SPEC_FILE,
     compile_model,
@@ -29,6 +32,8 @@ from fhe_toolkit.participant import (
     train_model,
 )
 from fhe_toolkit.protocol.families import FAMILIES
+from fhe_toolkit.protocol.files import read_regular
+from fhe_toolkit.protocol.modelspec import NAME_PATTERN
 
 
 @click.group()
@@ -66,10 +71,22 @@ def families() -> None:
     type=click.Choice(sorted(FAMILIES)),
     help="Model family; see `fhe-toolkit participant families`.",
 )
-@click.option("--name", required=True, help="Model name the fund will know it by (a-z, 0-9, _ -).")
+@click.option(
+    "--name",
+    required=True,
+    callback=lambda _ctx, _param, value: _checked_name(value),
+    help="Model name the fund will know it by (a-z, 0-9, _ -).",
+)
 @out_dir_option("New directory for the model (spec, deployment, training record).")
 @click.option(
-    "--feature-set", default="small", show_default=True, help="Feature set from features.json."
+    "--feature-set",
+    help="Feature set from features.json (default: small, or every feature_* column when there "
+    "is no features.json).",
+)
+@click.option(
+    "--features",
+    "feature_list",
+    help="The features, instead of a set: comma-separated names, or @FILE with one per line.",
 )
 @features_json_option("--train")
 @click.option("--target", default="target", show_default=True)
@@ -101,7 +118,8 @@ def train(
     family: str,
     name: str,
     out_dir: Path,
-    feature_set: str,
+    feature_set: str | None,
+    feature_list: str | None,
     features_json: Path | None,
     target: str,
     validation_path: Path | None,
@@ -121,9 +139,7 @@ def train(
     """
     if (out_dir / SPEC_FILE).exists():
         raise ToolkitClickError(f"{out_dir} holds an exported model already; choose a new --out.")
-    features = load_features_json(features_json or train_path.with_name(FEATURES_JSON)).features(
-        feature_set
-    )
+    features = _chosen_features(train_path, feature_set, feature_list, features_json)
     data = load_tournament(train_path, features=features, targets=[target])
     with console.status(f"training {family} on {len(data):,} rows × {len(features)} features"):
         model = train_model(
@@ -203,6 +219,40 @@ def run(
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )  # fmt: skip
     console.print(f"submission written to {submission}; send this directory to the fund")
+
+
+def _checked_name(name: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise click.BadParameter(
+            f"{name!r} is not a model name: use a-z, 0-9, '_' and '-', starting with a letter or "
+            "digit, at most 64 characters (e.g. carol-xgb)."
+        )
+    return name
+
+
+def _chosen_features(
+    train_path: Path, feature_set: str | None, feature_list: str | None, features_json: Path | None
+) -> list[str]:
+    """--features, else --feature-set from features.json, else (no features.json beside the
+    data and none named) every feature_* column of the training file."""
+    if feature_list is not None:
+        if feature_set is not None:
+            raise ToolkitClickError("give --features or --feature-set, not both.")
+        if feature_list.startswith("@"):
+            text = read_regular(feature_list[1:], 10_000_000, "a feature list", ParticipantError)
+            return [f for f in text.decode().split() if f]
+        return [f.strip() for f in feature_list.split(",") if f.strip()]
+    metadata_path = features_json or train_path.with_name(FEATURES_JSON)
+    if features_json is None and not metadata_path.exists() and feature_set is None:
+        columns = feature_columns(list(pq.read_schema(train_path).names))
+        console.print(f"no {metadata_path}: using all {len(columns)} feature_* columns")
+        return columns
+    if not metadata_path.exists():
+        raise ToolkitClickError(
+            f"{metadata_path} does not exist: pass its path with --features-json, or list the "
+            "features with --features (or leave out --feature-set to use every feature_* column)."
+        )
+    return load_features_json(metadata_path).features(feature_set or "small")
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, object]:

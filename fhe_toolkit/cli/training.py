@@ -241,11 +241,15 @@ def open_training(
     training = FundTraining(fund_dir, key_dir, database=database)
     data = load_tournament(data_path)
     with progress_bar("steps") as progress:
-        task = progress.add_task("encrypting batches", total=None)
+        # Key generation comes first and reports nothing for a minute or two: say so.
+        task = progress.add_task("generating the job's keys (1–2 minutes)", total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, description="encrypting batches", completed=done, total=total)
+
         bundle = training.open_job(
-            job_id, spec_path, data, participant=participant,
-            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
-        )  # fmt: skip
+            job_id, spec_path, data, participant=participant, on_progress=report
+        )
     console.print(f"training bundle: {bundle}; hand it to the participant")
 
 

@@ -16,6 +16,11 @@ What is planted, per era:
   0/.25/.5/.75/1 in Numerai's 5/20/50/20/5 % shares. Auxiliary targets have some NaN, and
   ``target_60d`` is unresolved (NaN) in the last eras before live.
 
+Regimes are public to whoever runs the generator (not to the participants it stands in for):
+:func:`era_regimes` returns each era's regime (+1 or -1), and ``SynthConfig(regime_column=True)``
+also writes it as a ``regime`` column (int8) beside ``era``, for studies such as the incentive
+lab's. It is neither a feature nor a target, so loaders and validators ignore it.
+
 Splits: train eras, an embargo gap, validation eras, another gap, live eras. Live targets go to a
 separate file (``live_targets.parquet``) that only the fund keeps.
 """
@@ -46,6 +51,8 @@ UNRESOLVED_60D_ERAS = 3
 SMALL_SHARE, MEDIUM_SHARE = 42 / 2748, 780 / 2748  # Numerai v5's set sizes
 SPLIT_FILES = {"train": "train.parquet", "validation": "validation.parquet", "live": "live.parquet"}
 LIVE_TARGETS_FILE = "live_targets.parquet"
+REGIME = "regime"
+"""Name of the optional regime column (``SynthConfig.regime_column``)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,8 @@ class SynthConfig:
     """Mean number of eras a sign regime lasts."""
     seed: int = 0
     targets: tuple[str, ...] = field(default=(MAIN_TARGET, "target_resid", "target_60d"))
+    regime_column: bool = False
+    """Also write each era's regime (+1 / -1, see :func:`era_regimes`) as a ``regime`` column."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -126,10 +135,7 @@ def _structure(config: SynthConfig) -> _Structure:
     pairs = {(int(a), int(b)): float(rng.normal(0, 0.7))
              for a, b in rng.choice(n, size=(max(1, n // 20), 2), replace=False)}  # fmt: skip
     loading = rng.uniform(0.3, 0.8, size=n)
-    # A stream of its own, so that an era's regime does not depend on how many eras there are.
-    last_era = config.era_splits()[-1][0]
-    switches = np.random.default_rng([config.seed, 2]).random(last_era + 1)
-    regime = np.where(np.cumsum(switches < 1.0 / config.regime_length) % 2 == 0, 1.0, -1.0)
+    regime = _regime_array(config)
 
     planted = list(dict.fromkeys([*linear, *square, *flips, *(i for pair in pairs for i in pair)]))
     unplanted = [int(i) for i in order if i not in set(planted)]
@@ -152,6 +158,33 @@ def _structure(config: SynthConfig) -> _Structure:
         flips=flips,
         regime=regime,
         feature_sets=sets,
+    )
+
+
+def _regime_array(config: SynthConfig) -> np.ndarray:
+    """+1 / -1 for era numbers 0..last: the sign the regime-flipping features take.
+
+    A stream of its own, so that an era's regime does not depend on how many eras there are:
+    each era switches regime with probability ``1 / regime_length``.
+    """
+    last_era = config.era_splits()[-1][0]
+    switches = np.random.default_rng([config.seed, 2]).random(last_era + 1)
+    return np.where(np.cumsum(switches < 1.0 / config.regime_length) % 2 == 0, 1.0, -1.0)
+
+
+def era_regimes(config: SynthConfig) -> pd.Series:
+    """Each written era's regime: +1 or -1 (int8), indexed by era label (``"0001"``, ...).
+
+    The regime-flipping features push the target one way in +1 eras and the other way in -1
+    eras; the same config gives the same regimes as the data it generates (embargo eras, which
+    are not written, are left out).
+    """
+    regime = _regime_array(config)
+    eras = [era for era, _ in config.era_splits()]
+    return pd.Series(
+        regime[eras].astype(np.int8),
+        index=pd.Index([f"{era:04d}" for era in eras], name=ERA),
+        name=REGIME,
     )
 
 
@@ -206,6 +239,8 @@ def _era_frame(config: SynthConfig, s: _Structure, era: int, split: str) -> pd.D
     frame = pd.DataFrame(binned, columns=s.names, index=pd.Index(ids, name=ID))
     frame.insert(0, ERA, f"{era:04d}")
     frame.insert(1, DATA_TYPE, split)
+    if config.regime_column:
+        frame.insert(2, REGIME, np.int8(s.regime[era]))
     last_era = config.era_splits()[-1][0]
     for name in config.targets:
         values = _bin_within_era(raw[name][:, None], TARGET_SHARES)[:, 0] / 4.0

@@ -64,10 +64,18 @@ class FundBase:
         *,
         database: str | None = None,
         reputation_rounds: int = REPUTATION_ROUNDS,
+        create: bool = True,
     ) -> None:
+        """``create``: make ``root`` and its database if they do not exist; without it, a
+        missing fund is refused, naming where it was looked for (for read-only uses)."""
         self.root = Path(root)
         self.keys = KeyStore(key_store)
         if database is None:
+            if not create and not (self.root / DATABASE).is_file():
+                raise FundError(
+                    f"no fund here: {self.root / DATABASE} does not exist. Run this in the "
+                    "folder that holds the fund, or point at it with --fund-dir (or --database)."
+                )
             self.root.mkdir(parents=True, exist_ok=True)
             database = f"sqlite:///{self.root / DATABASE}"
         self.db = Registry(database)

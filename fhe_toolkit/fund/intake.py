@@ -8,9 +8,11 @@ whatever happened: a key set decrypts once.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,16 @@ from fhe_toolkit.fhe.packed import (
 )
 from fhe_toolkit.fhe.tasks import DecryptTask
 from fhe_toolkit.fund.base import PACKED_LIVE, FundBase, report_progress
-from fhe_toolkit.protocol.artifacts import PACKED_SUBMISSION, SUBMISSION, Artifact, open_answer
-from fhe_toolkit.protocol.modelspec import LinearSpec, model_spec_from
+from fhe_toolkit.protocol.artifacts import (
+    PACKED_SUBMISSION,
+    SUBMISSION,
+    Artifact,
+    copy_artifact,
+    open_answer,
+)
+from fhe_toolkit.protocol.modelspec import AnyModelSpec, LinearSpec, model_spec_from
 from fhe_toolkit.protocol.signing import signed_by, verify_directory
-from fhe_toolkit.registry import SubmissionStatus
+from fhe_toolkit.registry import BundleRecord, SubmissionStatus
 
 
 def check_binding(
@@ -54,13 +62,37 @@ def check_binding(
 
 
 def keep_copy(answer: Artifact, target: Path) -> None:
-    """Copy the answer to ``target`` as sent, via a staging folder so a crash leaves no half
-    copy; a copy left by an attempt cut off before decryption is replaced."""
-    shutil.rmtree(target, ignore_errors=True)
+    """Keep the answer in ``target`` as sent: its manifest, signature and listed files only,
+    copied to a staging folder first, so a crash leaves no half copy and a copy kept by an
+    attempt that was cut off is replaced only once the new one is complete (even when the
+    answer is sent again from that very copy)."""
     staging = target.with_name(f".{target.name}.receiving")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(answer.directory, staging)
-    staging.rename(target)
+    copy_artifact(answer, staging)
+    if target.exists():
+        old = target.with_name(f".{target.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old)
+    else:
+        staging.rename(target)
+
+
+@contextmanager
+def receiving(lock: Path, what: str) -> Iterator[None]:
+    """Hold the one right to receive ``what`` (a lock file, released by the OS even if the
+    process is killed): two receives of the same answer never both decrypt."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FundError(
+                f"{what} is being received by another process right now; wait for it to finish "
+                "(its result is final: a key set decrypts once)."
+            ) from None
+        yield
 
 
 def decrypt_once(
@@ -154,6 +186,21 @@ class Intake(FundBase):
             submission, expected, "submission",
             f"the bundle sent for model {model!r} in round {round_id!r}",
         )  # fmt: skip
+        lock = self.round_dir(round_id) / "submissions" / f".{model}.lock"
+        with receiving(lock, f"model {model!r}'s submission for round {round_id!r}"):
+            return self._take(round_id, spec, bundle, submission, workers, on_progress)
+
+    def _take(
+        self,
+        round_id: str,
+        spec: AnyModelSpec,
+        bundle: BundleRecord,
+        submission: Artifact,
+        workers: int | None,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> pd.Series:
+        """Accept a checked submission, keep it, decrypt it once, and keep its predictions."""
+        model = spec.name
         ciphertexts = submission.batches()["ciphertext"].tolist()
         signer = self._check_signature(submission.directory, model)
         self.db.accept_submission(round_id, model, submission.sha256, signer)

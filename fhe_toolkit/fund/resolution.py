@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from fhe_toolkit.data import load_tournament
-from fhe_toolkit.data.schema import ERA, feature_columns
+from fhe_toolkit.data.schema import ERA, TARGET_VALUES, feature_columns
 from fhe_toolkit.errors import FundError
 from fhe_toolkit.fund.base import FundBase
+from fhe_toolkit.fund.leaderboard import leaderboard
+from fhe_toolkit.protocol.files import read_regular
 from fhe_toolkit.registry import RoundStatus
 from fhe_toolkit.scoring import (
     by_model,
+    combine,
     payout,
     payout_score,
     score_eras,
-    stake_weighted_meta_model,
     summarize,
 )
 
 PUBLISHED_DECIMALS = 4
 """Published scores are rounded: exact values would leak more about the decryptions."""
+MAX_TARGETS_BYTES = 2 * 2**30
+MAX_UNRESOLVED_SHARE = 0.5
+"""A target a model is scored on may be NaN (unresolved) for at most this share of live rows."""
+PAYMENT_COLUMNS = ["stake", "score", "payout", "reputation"]
+"""The last columns of ``scores.csv``, after the metrics (in alphabetical order)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,8 @@ class RoundResults:
     per_era: pd.DataFrame
     scores: pd.DataFrame
     directory: Path
+    notes: tuple[str, ...] = ()
+    """What the caller should know: inputs not used, models with no score and why."""
 
 
 class Resolution(FundBase):
@@ -42,41 +54,72 @@ class Resolution(FundBase):
         live: pd.DataFrame | str | Path,
         benchmark: pd.Series | None = None,
         payout_settings: dict[str, float] | None = None,
+        close_now: bool = False,
+        meta_model: str = "stake_weighted",
     ) -> RoundResults:
         """Resolve the round once its targets are known: score every received model, pay, and
         record it all in one transaction (a crash leaves nothing half-written; run it again).
 
         ``targets``: the live rows' resolved targets (by id). ``live``: the live features (for
         exposure and FNC). ``benchmark``: the fund's own model's predictions, for BMC. Each
-        model is scored on its registered target against that target's stake-weighted meta
-        model; payouts use the stakes the round opened with and the mean CORR and MMC over the
-        round's eras; gains add to stakes, losses burn them. Writes rounded aggregates to
+        model is scored on its registered target against that target's meta model, built by
+        ``meta_model`` (:data:`fhe_toolkit.scoring.COMBINE_METHODS`: ``stake_weighted``,
+        ``reputation_filtered`` on the models' current reputations, ``cluster_capped``);
+        payouts use the stakes the round opened with and the mean CORR and MMC over the round's
+        eras; gains add to stakes, losses burn them. Writes rounded aggregates to
         ``rounds/<round>/results``. A round resolved already is not paid twice: its results
-        are exported again from the database.
+        are exported again from the database (and the inputs given are not used: a note says
+        so). An open round is refused before its deadline unless ``close_now`` closes it.
+
+        Refused before anything is written: targets whose ids do not cover the round's live
+        rows, values outside the buckets, a target a model uses missing or unresolved for more
+        than ``MAX_UNRESOLVED_SHARE`` of the rows.
         """
         record = self.round_record(round_id)
         if record.status == RoundStatus.RESOLVED:
-            return self.export_results(round_id)
+            results = self.export_results(round_id)
+            note = (
+                f"round {round_id!r} was resolved already: its recorded scores are written again "
+                "and the targets and live data given now are not used."
+            )
+            return replace(results, notes=(note,))
+        if record.status == RoundStatus.OPEN:
+            self._close_for_scoring(round_id, record.deadline, close_now)
         predictions = self.predictions(round_id)
-        targets_frame = targets if isinstance(targets, pd.DataFrame) else pd.read_parquet(targets)
+        targets_frame = _targets(targets)
         live_frame = live if isinstance(live, pd.DataFrame) else load_tournament(live)
         specs = {name: self.spec(name) for name in predictions.columns}
+        live_ids = pd.read_parquet(self.round_dir(round_id) / "live_ids.parquet").index
+        _check_targets(targets_frame, live_ids, sorted({s.target for s in specs.values()}))
+        notes = [
+            f"{model} has no score: its submission is {bundle.status}"
+            + (f" ({bundle.detail})" if bundle.detail else "")
+            for model, bundle in sorted(record.bundles.items())
+            if model not in predictions.columns
+        ]
         data = live_frame.drop(columns=[c for c in live_frame if c in targets_frame]).join(
             targets_frame, how="inner"
         )
         stakes = pd.Series({m: record.bundles[m].stake for m in predictions.columns}, dtype=float)
         features = feature_columns(list(data.columns))
+        reputation = leaderboard(self.db.models(), self.db.payouts())["reputation"].dropna()
         per_target, metas = [], {}
         for target in sorted({spec.target for spec in specs.values()}):
             models = [m for m, spec in specs.items() if spec.target == target]
             if target not in data.columns:
                 raise FundError(f"the targets file has no {target!r} column, which {models} use.")
             chosen = predictions[models]
-            meta = (
-                stake_weighted_meta_model(chosen, stakes[models], eras=data[ERA])
-                if stakes[models].sum() > 0
-                else None
-            )
+            if len(models) == 1:
+                notes.append(
+                    f"{models[0]} is the only model on {target!r}: the meta model is its own "
+                    "predictions, so its MMC is 0."
+                )
+            meta = None
+            if stakes[models].sum() > 0:
+                meta = combine(
+                    chosen, stakes[models], eras=data[ERA], method=meta_model,
+                    reputation=reputation if meta_model == "reputation_filtered" else None,
+                )  # fmt: skip
             if meta is not None:
                 metas[f"meta_model:{target}"] = meta
             per_target.append(
@@ -101,7 +144,20 @@ class Resolution(FundBase):
         )  # fmt: skip
         # Resolved: a packed model that never sent its submission has no decryption coming.
         self.retire_packed_key(round_id, "the round was resolved")
-        return self._write_results(round_id, per_era, scores.join(paid))
+        return replace(
+            self._write_results(round_id, per_era, scores.join(paid)), notes=tuple(notes)
+        )
+
+    def _close_for_scoring(self, round_id: str, deadline: datetime | None, close_now: bool) -> None:
+        """Close an open round to score it: after its deadline, or when asked to close now."""
+        if not close_now and (deadline is None or datetime.now(UTC) < deadline):
+            until = f" until {deadline:%Y-%m-%d %H:%M} UTC" if deadline else ""
+            raise FundError(
+                f"round {round_id!r} is open{until}: participants may still submit. Close it "
+                f"first (`fhe-toolkit fund close-round {round_id}`), or score with --close-now "
+                "(close_now=True) to close it now."
+            )
+        self.db.close_round(round_id)
 
     def export_results(self, round_id: str) -> RoundResults:
         """Write a resolved round's results files again, from the database."""
@@ -119,11 +175,70 @@ class Resolution(FundBase):
     def _write_results(
         self, round_id: str, per_era: pd.DataFrame, scores: pd.DataFrame
     ) -> RoundResults:
+        """Write the results files, their columns always in the same order (so scoring a round
+        and exporting it again give the same files)."""
         results = self.round_dir(round_id) / "results"
         results.mkdir(parents=True, exist_ok=True)
+        keys = ["era", "model", "target"]
+        per_era = per_era[keys + sorted(c for c in per_era.columns if c not in keys)]
+        per_era = per_era.sort_values(keys, ignore_index=True)
+        metrics = sorted(c for c in scores.columns if c not in PAYMENT_COLUMNS)
+        scores = scores.reindex(columns=metrics + PAYMENT_COLUMNS).sort_index()
+        scores.index.name = "model"
         per_era.round(PUBLISHED_DECIMALS).to_csv(results / "per_era.csv", index=False)
         scores.round(PUBLISHED_DECIMALS).to_csv(results / "scores.csv")
         return RoundResults(per_era, scores, results)
+
+
+def _targets(targets: pd.DataFrame | str | Path) -> pd.DataFrame:
+    if isinstance(targets, pd.DataFrame):
+        return targets
+    data = read_regular(targets, MAX_TARGETS_BYTES, "a targets file", FundError)
+    try:
+        return pd.read_parquet(io.BytesIO(data))
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise FundError(
+            f"{targets} is not a parquet file of targets ({exc}); the fund resolves rounds from "
+            "a parquet file indexed by id with the target columns (e.g. live_targets.parquet)."
+        ) from None
+
+
+def _check_targets(targets: pd.DataFrame, live_ids: pd.Index, used: list[str]) -> None:
+    """Refuse targets that cannot resolve the round, naming every problem at once."""
+    problems = []
+    if targets.index.has_duplicates:
+        repeated = targets.index[targets.index.duplicated()].unique()[:3].tolist()
+        problems.append(f"ids appear more than once (e.g. {repeated})")
+        targets = targets[~targets.index.duplicated()]
+    missing_ids = live_ids.difference(targets.index)
+    if len(missing_ids):
+        problems.append(
+            f"{len(missing_ids)} of the round's {len(live_ids)} live ids have no row "
+            f"(e.g. {missing_ids[:3].tolist()})"
+        )
+    absent = [t for t in used if t not in targets.columns]
+    if absent:
+        problems.append(f"no column {absent} (the models are scored on {used})")
+    for target in [t for t in used if t in targets.columns]:
+        values = pd.to_numeric(targets[target].reindex(live_ids), errors="coerce")
+        unresolved = float(values.isna().mean())
+        if unresolved > MAX_UNRESOLVED_SHARE:
+            problems.append(
+                f"{target!r} is unresolved (NaN) for {unresolved:.0%} of the live rows (at most "
+                f"{MAX_UNRESOLVED_SHARE:.0%} may be)"
+            )
+        known = values.dropna().to_numpy(np.float64)
+        off = ~np.isclose(known[:, None], TARGET_VALUES, atol=1e-6).any(axis=1)
+        if off.any():
+            problems.append(
+                f"{target!r} has {int(off.sum())} value(s) outside the buckets "
+                f"{list(TARGET_VALUES)} (e.g. {known[off][:3].tolist()})"
+            )
+    if problems:
+        raise FundError(
+            "these targets cannot resolve the round: " + "; ".join(problems) + ". Nothing was "
+            "scored or paid; give the round's resolved targets (Numerai format)."
+        )
 
 
 def fund_benchmark(train: pd.DataFrame, live: pd.DataFrame, target: str = "target") -> pd.Series:

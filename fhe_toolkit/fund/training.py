@@ -37,7 +37,7 @@ from fhe_toolkit.fhe.codecs import TrainingCodec, plan_batches
 from fhe_toolkit.fhe.keystore import TRAINING_KEYS, KeyStore
 from fhe_toolkit.fhe.versions import check_versions, package_versions
 from fhe_toolkit.fund.base import FundBase
-from fhe_toolkit.fund.intake import check_binding, decrypt_once, keep_copy
+from fhe_toolkit.fund.intake import check_binding, decrypt_once, keep_copy, receiving
 from fhe_toolkit.protocol.artifacts import (
     BIAS,
     EVALUATION_KEYS,
@@ -206,8 +206,13 @@ class FundTraining(FundBase):
         file that does not check out, another job, key set or bundle, a result received
         already. Returns the weights, also written to ``training/<job>/weights.json``.
         """
+        self.job_record(job_id)  # an unknown job is refused before anything is made for it
+        with receiving(self.job_dir(job_id) / ".receiving.lock", f"training job {job_id!r}"):
+            return self._receive(job_id, result_dir)
+
+    def _receive(self, job_id: str, result_dir: str | Path) -> TrainedWeights:
         job = self.job_record(job_id)
-        result = open_artifact(result_dir, TRAINING_RESULT)
+        result = open_artifact(result_dir, TRAINING_RESULT, exact=True)
         expected = {
             "round_id": job_id,
             "model": job.name,

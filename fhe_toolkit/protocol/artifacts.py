@@ -28,6 +28,7 @@ size and hash, and the spec, before anything is decoded.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +39,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fhe_toolkit.errors import ManifestError, SpecError
-from fhe_toolkit.protocol.files import write_atomic
-from fhe_toolkit.protocol.manifest import Manifest, peek_kind, read_manifest, write_manifest
+from fhe_toolkit.protocol.files import open_regular, write_atomic
+from fhe_toolkit.protocol.manifest import (
+    MANIFEST,
+    SIGNATURE,
+    Manifest,
+    peek_kind,
+    read_manifest,
+    write_manifest,
+)
 from fhe_toolkit.protocol.modelspec import ModelSpec, PublicSpec, read_spec
 from fhe_toolkit.protocol.training_spec import TrainingSpec
 
@@ -140,10 +148,23 @@ class Artifact:
         return read_batches(self.path(name), schema, self.manifest.n_batches)
 
 
-def open_artifact(directory: str | Path, kind: Kind) -> Artifact:
-    """Check a directory of ``kind`` (manifest, listed files, sizes, hashes, spec) and open it."""
+def open_artifact(directory: str | Path, kind: Kind, *, exact: bool = False) -> Artifact:
+    """Check a directory of ``kind`` (manifest, listed files, sizes, hashes, spec) and open it.
+
+    ``exact``: the directory must hold nothing but its manifest, its signature and the files
+    the manifest lists (what a fund takes from a participant: anything else, a link to the key
+    store or a 2 GB file, is refused by name and never read).
+    """
     directory = Path(directory)
     manifest, digest = read_manifest(directory, kind.name)
+    if exact:
+        expected = {MANIFEST, SIGNATURE, *manifest.files}
+        extra = sorted(p.name for p in directory.iterdir() if p.name not in expected)
+        if extra:
+            raise ManifestError(
+                f"{directory} holds {extra[:5]}, which its manifest does not list: send the "
+                f"directory with only {sorted(expected)}."
+            )
     absent = [name for name in kind.files if name not in manifest.files]
     if absent:
         raise ManifestError(f"{directory}'s manifest does not list {absent}.")
@@ -167,7 +188,7 @@ def open_answer(directory: str | Path) -> Artifact:
         raise ManifestError(
             f"{directory} holds a {kind}; a round takes a submission or a packed-submission."
         )
-    return open_artifact(directory, ANSWERS[kind])
+    return open_artifact(directory, ANSWERS[kind], exact=True)
 
 
 def write_artifact(
@@ -200,6 +221,19 @@ def write_artifact(
     for name, data in (blobs or {}).items():
         write_atomic(directory / name, data)
     return write_manifest(directory, list(kind.files), kind=kind.name, **fields)
+
+
+def copy_artifact(artifact: Artifact, target: Path) -> None:
+    """Copy what ``artifact`` consists of (manifest, signature, listed files; nothing else,
+    and no link followed) into ``target``, which must not exist."""
+    target.mkdir(parents=True)
+    names = [MANIFEST, *artifact.manifest.files]
+    if (artifact.directory / SIGNATURE).is_file():
+        names.append(SIGNATURE)
+    for name in names:
+        with open_regular(artifact.directory / name, name, ManifestError) as (source, _):
+            with (target / name).open("xb") as copy:
+                shutil.copyfileobj(source, copy, 4 * 2**20)
 
 
 def answer_fields(bundle: Artifact) -> dict[str, Any]:

@@ -12,16 +12,20 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from fhe_toolkit.errors import FheToolkitError
 
 
-def read_regular(
-    path: str | Path, limit: int, what: str, error: type[FheToolkitError] = FheToolkitError
-) -> bytes:
-    """The bytes of ``path``, a regular file of at most ``limit`` bytes; ``what`` names it in
-    the error (``error``, a subclass of the toolkit's errors) that refuses anything else."""
+@contextmanager
+def open_regular(
+    path: str | Path, what: str, error: type[FheToolkitError] = FheToolkitError
+) -> Iterator[tuple[BinaryIO, int]]:
+    """``path`` opened for reading, with its size, if it is a regular file: a symbolic link,
+    FIFO, device or directory is refused by name (``error``), and opening never blocks."""
     path = Path(path)
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
     try:
@@ -39,12 +43,21 @@ def read_regular(
         if not stat.S_ISREG(status.st_mode):
             kind = "a directory" if stat.S_ISDIR(status.st_mode) else "not a regular file"
             raise error(f"{path} is {kind}; {what} must be a regular file.")
-        if status.st_size > limit:
-            raise error(f"{path} is {status.st_size:,} bytes; {what} is at most {limit:,}.")
         with os.fdopen(descriptor, "rb", closefd=False) as handle:
-            data = handle.read(limit + 1)
+            yield handle, status.st_size
     finally:
         os.close(descriptor)
+
+
+def read_regular(
+    path: str | Path, limit: int, what: str, error: type[FheToolkitError] = FheToolkitError
+) -> bytes:
+    """The bytes of ``path``, a regular file (see :func:`open_regular`) of at most ``limit``
+    bytes; ``what`` names it in the error (``error``) that refuses anything else."""
+    with open_regular(path, what, error) as (handle, size):
+        if size > limit:
+            raise error(f"{path} is {size:,} bytes; {what} is at most {limit:,}.")
+        data = handle.read(limit + 1)
     if len(data) > limit:
         raise error(f"{path} grew past {limit:,} bytes while being read; {what} is at most that.")
     return data

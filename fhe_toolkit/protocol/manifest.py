@@ -27,10 +27,12 @@ from pydantic import (
 )
 
 from fhe_toolkit.errors import ManifestError
-from fhe_toolkit.protocol.files import read_regular, sha256_file, write_atomic
+from fhe_toolkit.protocol.files import open_regular, read_regular, sha256_file, write_atomic
 from fhe_toolkit.protocol.modelspec import NAME_PATTERN
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+"""The signer's Ed25519 signature of ``manifest.json``, beside it."""
 MAX_MANIFEST_BYTES = 1_000_000
 MAX_FILE_BYTES = 64 * 2**30
 ROUND_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -161,15 +163,18 @@ def read_manifest(directory: str | Path, kind: str) -> tuple[Manifest, str]:
         raise ManifestError(f"{directory} holds a {manifest.kind}, not a {kind}.")
     for name, entry in manifest.files.items():
         file = directory / name
-        if file.is_symlink() or not file.is_file():
+        if not file.exists() and not file.is_symlink():
             raise ManifestError(f"{directory} lacks {name}, which its manifest lists.")
-        size = file.stat().st_size
-        if size != entry.size:
-            raise ManifestError(
-                f"{file} is {size:,} bytes but the manifest says {entry.size:,}: the file is "
-                "truncated or was changed after the manifest was written."
-            )
-        if sha256_file(file) != entry.sha256:
+        with open_regular(file, f"the listed file {name}", ManifestError) as (handle, size):
+            if size != entry.size:
+                raise ManifestError(
+                    f"{file} is {size:,} bytes but the manifest says {entry.size:,}: the file is "
+                    "truncated or was changed after the manifest was written."
+                )
+            digest = hashlib.sha256()
+            for block in iter(lambda: handle.read(4 * 2**20), b""):
+                digest.update(block)
+        if digest.hexdigest() != entry.sha256:
             raise ManifestError(
                 f"{file} does not match its SHA-256 in the manifest: it was changed or corrupted."
             )

@@ -19,9 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fhe_toolkit.errors import IdentityError
 from fhe_toolkit.protocol.files import read_regular, write_atomic
-from fhe_toolkit.protocol.manifest import MANIFEST
+from fhe_toolkit.protocol.manifest import MANIFEST, SIGNATURE
 
-SIGNATURE = "manifest.sig"
 PUBLIC_SUFFIX = ".pub"
 MAX_PUBLIC_KEY_FILE = 4096
 """A public key file holds 64 hex characters; a PEM private key given by mistake is < 1 KB."""

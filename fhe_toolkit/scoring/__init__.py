@@ -5,6 +5,14 @@ numerai-tools (``numerai_tools.scoring``) where the concept is the same.
 """
 
 from fhe_toolkit.scoring._checks import DEFAULT_MAX_FILTERED_INDEX_RATIO
+from fhe_toolkit.scoring.combine import (
+    COMBINE_METHODS,
+    cluster_capped,
+    combination_weights,
+    combine,
+    prediction_clusters,
+    reputation_filtered,
+)
 from fhe_toolkit.scoring.meta_model import (
     payout,
     payout_per_stake,
@@ -39,11 +47,15 @@ from fhe_toolkit.scoring.transforms import (
 )
 
 __all__ = [
+    "COMBINE_METHODS",
     "DEFAULT_MAX_FILTERED_INDEX_RATIO",
     "Neutralizer",
     "benchmark_contribution",
     "by_model",
     "center",
+    "cluster_capped",
+    "combination_weights",
+    "combine",
     "correlation_contribution",
     "exposure_summary",
     "feature_exposures",
@@ -62,6 +74,8 @@ __all__ = [
     "payout_per_stake",
     "payout_score",
     "power",
+    "prediction_clusters",
+    "reputation_filtered",
     "score_eras",
     "stake_weighted_meta_model",
     "summarize",
