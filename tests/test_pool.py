@@ -1,4 +1,5 @@
-"""The worker pool: every row done once, crashes isolated to their row, clear give-up rules."""
+"""The engine's rows (on the local cluster): every row done once, crashes isolated to their row,
+clear give-up rules."""
 
 from __future__ import annotations
 

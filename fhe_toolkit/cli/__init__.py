@@ -21,6 +21,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -92,6 +93,19 @@ class RateColumn(ProgressColumn):
         one = self.unit.removesuffix("s")
         rate = f"{speed:,.1f} {self.unit}/s" if speed >= 1 else f"{1 / speed:,.1f} s/{one}"
         return Text(rate, style="cyan")
+
+
+def progress_reporter(progress: Progress, label: str) -> Callable[[int, int], None]:
+    """An ``on_progress(done, total)`` that adds its bar on the first report, so a command that
+    fails its checks shows an error, not an empty bar."""
+    task: list[TaskID] = []
+
+    def report(done: int, total: int) -> None:
+        if not task:
+            task.append(progress.add_task(label, total=total))
+        progress.update(task[0], completed=done, total=total)
+
+    return report
 
 
 def progress_bar(unit: str) -> Progress:

@@ -11,8 +11,16 @@ from typing import Any
 import click
 import pandas as pd
 
-from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, notes, progress_bar
+from fhe_toolkit.cli import (
+    ToolkitClickError,
+    console,
+    friendly_errors,
+    notes,
+    progress_bar,
+    progress_reporter,
+)
 from fhe_toolkit.cli.display import format_option, print_frame
+from fhe_toolkit.cli.options import scheduler_option, workers_option
 from fhe_toolkit.data import load_tournament
 from fhe_toolkit.fund import Fund, fund_benchmark
 from fhe_toolkit.fund.base import MAX_PACKED_PER_PARTICIPANT
@@ -217,11 +225,12 @@ def open_round(
 @fund.command("receive")
 @click.argument("round_id")
 @click.argument("submission_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--workers", type=int, help="Worker processes for decryption (default: one per core)."
-)
+@workers_option("decryption")
+@scheduler_option("the decryption of circuit models' outputs")
 @with_existing_fund
-def receive(fund: Fund, round_id: str, submission_dir: Path, workers: int | None) -> None:
+def receive(
+    fund: Fund, round_id: str, submission_dir: Path, workers: int | None, scheduler: str | None
+) -> None:
     """Check a submission, decrypt it once (then retire its keys) and keep the predictions.
 
     Refused before decryption: a tampered or truncated file, another round, model or bundle, a
@@ -229,10 +238,9 @@ def receive(fund: Fund, round_id: str, submission_dir: Path, workers: int | None
     past its deadline. The submission is kept as sent.
     """
     with progress_bar("rows") as progress:
-        task = progress.add_task("decrypting", total=None)
         predictions = fund.receive(
-            round_id, submission_dir, workers=workers,
-            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            round_id, submission_dir, workers=workers, scheduler=scheduler,
+            on_progress=progress_reporter(progress, "decrypting"),
         )  # fmt: skip
     console.print(f"received {len(predictions):,} predictions of {predictions.name} for {round_id}")
 

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from fhe_toolkit.data.io import FEATURES_JSON
+from fhe_toolkit.fhe.engine import parse_scheduler
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -57,3 +58,22 @@ def workers_option(what: str) -> Decorator:
     return click.option(
         "--workers", type=int, help=f"Worker processes for {what} (default: one per core)."
     )
+
+
+def scheduler_option(what: str) -> Decorator:
+    """``--scheduler tcp://HOST:PORT``: run ``what`` on the workers of a running Dask scheduler
+    instead of local worker processes; passed as ``scheduler`` (``None`` when not given)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return parse_scheduler(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+    return click.option(
+        "--scheduler", metavar="tcp://HOST:PORT", callback=check,
+        help=f"Run {what} on the workers of this Dask scheduler (see docs/cluster.md) instead "
+        "of worker processes on this machine; --workers is then ignored.",
+    )  # fmt: skip

@@ -10,12 +10,20 @@ import click
 import pandas as pd
 import pyarrow.parquet as pq
 
-from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
+from fhe_toolkit.cli import (
+    ToolkitClickError,
+    console,
+    friendly_errors,
+    notes,
+    progress_bar,
+    progress_reporter,
+)
 from fhe_toolkit.cli.data import read_predictions
 from fhe_toolkit.cli.display import print_frame
 from fhe_toolkit.cli.options import (
     features_json_option,
     out_dir_option,
+    scheduler_option,
     train_option,
     validation_option,
     workers_option,
@@ -196,6 +204,7 @@ def train(
     help="The fund's public key (.pub file or hex): refuse a bundle the fund did not sign.",
 )
 @workers_option("FHE execution")
+@scheduler_option("the FHE execution")
 @friendly_errors
 def run(
     bundle_dir: Path,
@@ -204,19 +213,22 @@ def run(
     identity: Path,
     fund_key: str | None,
     workers: int | None,
+    scheduler: str | None,
 ) -> None:
     """Run your model on every encrypted row of BUNDLE_DIR and write the signed submission.
 
-    Rows run in worker processes on all cores; a crash of the FHE runtime costs one worker and
-    is reported with the row. Interrupted? Run the same command again: finished rows are kept.
+    BUNDLE_DIR is your model's bundle (fund/rounds/R/bundles/NAME) or, for a linear model, the
+    round's packed dataset (fund/rounds/R/packed). Rows run in worker processes on all cores,
+    or on a Dask cluster with --scheduler; a crash of the FHE runtime costs one worker and is
+    reported with the row. Interrupted (Ctrl-C)? Run the same command again: finished rows are
+    kept.
     """
     if fund_key is None:
-        console.print("note: without --fund-key, the bundle's signature is not checked")
+        notes.print("note: without --fund-key, the bundle's signature is not checked")
     with progress_bar("rows") as progress:
-        task = progress.add_task("FHE inference", total=None)
         submission = run_bundle(
             bundle_dir, model_dir, out_dir, identity=identity, fund_key=fund_key, workers=workers,
-            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            scheduler=scheduler, on_progress=progress_reporter(progress, "FHE inference"),
         )  # fmt: skip
     console.print(f"submission written to {submission}; send this directory to the fund")
 

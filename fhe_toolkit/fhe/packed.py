@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from fhe_toolkit.data.schema import FEATURE_VALUES
 from fhe_toolkit.errors import FundError, KeyStoreError
+from fhe_toolkit.fhe.engine import Blob, read_bytes
 from fhe_toolkit.fhe.glwe import (
     CompressionKey,
     LinearVerifier,
@@ -114,12 +115,17 @@ class MultiplyTask:
     """The participant's work on one chunk: its weights times the encrypted features."""
 
     params_json: str
-    compression_key: str
+    compression_key: str | Path | Blob
     weights: tuple[int, ...]
+
+    def portable(self) -> MultiplyTask:
+        """This task with the compression key's bytes, for workers on other machines."""
+        key = self.compression_key
+        return replace(self, compression_key=key if isinstance(key, Blob) else Blob.of(key))
 
     def setup(self) -> Callable[[bytes], bytes]:
         params = PackedParams.from_json(self.params_json)
-        key = CompressionKey.from_bytes(params, Path(self.compression_key).read_bytes())
+        key = CompressionKey.from_bytes(params, read_bytes(self.compression_key))
         weights = np.asarray(self.weights, dtype=np.int64).reshape(-1, 1)
         return lambda chunk: multiply_chunk(key, chunk, weights)
 

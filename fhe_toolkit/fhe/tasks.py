@@ -1,7 +1,9 @@
 """Per-row FHE work that runs inside worker processes (see :mod:`fhe_toolkit.fhe.engine`).
 
 Each task is a small picklable description; ``setup`` loads what it needs once per worker and
-returns the function applied to each serialized ciphertext.
+returns the function applied to each serialized ciphertext. Tasks are made with paths; the engine
+ships their :meth:`portable` copy, which carries the files' contents instead, so that workers on
+other machines need no access to the caller's files.
 """
 
 from __future__ import annotations
@@ -9,29 +11,36 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+
+from fhe_toolkit.fhe.engine import Blob, local_path, read_bytes
 
 
 @dataclass(frozen=True)
 class ServerTask:
     """Run a compiled circuit (see :mod:`fhe_toolkit.fhe.server_library`) with evaluation keys.
 
-    An item is one serialized input ciphertext (the output is one too), or a tuple of them for
-    a circuit of several inputs (the outputs come back as a tuple).
+    ``library``: the compiled library's directory; ``evaluation_keys``: the serialized evaluation
+    keys (paths, or their contents as :class:`~fhe_toolkit.fhe.engine.Blob`). An item is one
+    serialized input ciphertext (the output is one too), or a tuple of them for a circuit of
+    several inputs (the outputs come back as a tuple).
     """
 
-    library: str
-    evaluation_keys: str
+    library: str | Path | Blob
+    evaluation_keys: str | Path | Blob
+
+    def portable(self) -> ServerTask:
+        return ServerTask(_blob(self.library), _blob(self.evaluation_keys))
 
     def setup(self) -> Callable[[Any], Any]:
         from concrete.compiler import Library, ServerKeyset, ServerProgram, TransportValue
 
-        library = Library(self.library)
+        library = Library(str(local_path(self.library)))
         (info,) = library.get_program_info().get_circuits()
         circuit = ServerProgram(library, False).get_server_circuit(info.get_name())
-        keys = ServerKeyset.deserialize(Path(self.evaluation_keys).read_bytes())
+        keys = ServerKeyset.deserialize(read_bytes(self.evaluation_keys))
 
         def run(item: bytes | tuple[bytes, ...]) -> bytes | tuple[bytes, ...]:
             single = isinstance(item, bytes)
@@ -45,16 +54,25 @@ class ServerTask:
 @dataclass(frozen=True)
 class DecryptTask:
     """Decrypt output ciphertexts with a stored secret key set: one per item, or a tuple of a
-    circuit's several outputs."""
+    circuit's several outputs.
 
-    client_specs: str
-    keyset: str
+    It carries the secret keys to the workers, so the engine refuses to send it over a plain
+    ``tcp://`` connection to another host; the workers keep the keys in memory only.
+    """
+
+    holds_secrets: ClassVar[bool] = True
+
+    client_specs: str | Path | Blob
+    keyset: str | Path | Blob
+
+    def portable(self) -> DecryptTask:
+        return DecryptTask(_blob(self.client_specs), _blob(self.keyset))
 
     def setup(self) -> Callable[[Any], Any]:
         from concrete import fhe
 
-        client = fhe.Client(fhe.ClientSpecs.deserialize(Path(self.client_specs).read_bytes()))
-        client.keys = fhe.Keys.deserialize(Path(self.keyset).read_bytes())
+        client = fhe.Client(fhe.ClientSpecs.deserialize(read_bytes(self.client_specs)))
+        client.keys = fhe.Keys.deserialize(read_bytes(self.keyset))
 
         def decrypt(item: bytes | tuple[bytes, ...]) -> np.ndarray | tuple[np.ndarray, ...]:
             if isinstance(item, bytes):
@@ -63,3 +81,7 @@ class DecryptTask:
             return tuple(np.asarray(v) for v in values)
 
         return decrypt
+
+
+def _blob(source: str | Path | Blob) -> Blob:
+    return source if isinstance(source, Blob) else Blob.of(source)

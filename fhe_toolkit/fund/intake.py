@@ -21,7 +21,7 @@ import pandas as pd
 
 from fhe_toolkit.errors import FundError, IdentityError, RowsCrashedError
 from fhe_toolkit.fhe.codecs import LinearCodec, SpecCodec
-from fhe_toolkit.fhe.engine import RowFailure, Task, run_rows
+from fhe_toolkit.fhe.engine import RowFailure, run_rows
 from fhe_toolkit.fhe.glwe import PackedError, RoundKey, decrypt_chunk
 from fhe_toolkit.fhe.keystore import SPECS, KeyStore
 from fhe_toolkit.fhe.packed import (
@@ -104,37 +104,26 @@ def decrypt_once(
     reason: str,
     workers: int | None = None,
     on_done: Callable[[int], None] | None = None,
+    scheduler: str | None = None,
 ) -> tuple[dict[int, Any], list[RowFailure]]:
-    """Decrypt every item with the key set of (``scope``, ``name``) in worker processes, then
-    retire the key set (``reason`` is recorded), whatever happened.
+    """Decrypt every item with the key set of (``scope``, ``name``) in worker processes (or on
+    the Dask cluster at ``scheduler``), then retire the key set (``reason`` is recorded),
+    whatever happened.
 
     Returns the decrypted items by position, and the items that could not be decrypted (the
     runtime crashed or refused them: they were not computed under these keys).
     """
     task = DecryptTask(str(keys.directory(scope, name) / SPECS), str(keys.keyset_path(scope, name)))
-    try:
-        return decrypt_items(task, items, workers=workers, on_done=on_done)
-    finally:
-        keys.retire(scope, name, reason=reason)
-
-
-def decrypt_items(
-    task: Task,
-    items: Sequence[Any],
-    *,
-    workers: int | None = None,
-    on_done: Callable[[int], None] | None = None,
-) -> tuple[dict[int, Any], list[RowFailure]]:
-    """Run a decryption ``task`` over ``items`` in worker processes: the decrypted items by
-    position, and the items the runtime crashed on or refused."""
     decrypted: dict[int, Any] = {}
     try:
         failures = run_rows(
             task, items, range(len(items)), decrypted.__setitem__,
-            workers=workers, chunk_size=32, on_done=on_done,
+            workers=workers, chunk_size=32, on_done=on_done, scheduler=scheduler,
         )  # fmt: skip
     except RowsCrashedError as exc:
         failures = exc.failures
+    finally:
+        keys.retire(scope, name, reason=reason)
     return decrypted, failures
 
 
@@ -145,9 +134,13 @@ class Intake(FundBase):
         submission_dir: str | Path,
         *,
         workers: int | None = None,
+        scheduler: str | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> pd.Series:
         """Check a submission, decrypt it once, and keep the predictions.
+
+        A circuit model's outputs are decrypted in worker processes (or on the Dask cluster at
+        ``scheduler``); a packed model's here, with the round key.
 
         Refused before any decryption (keys kept, the participant can fix and resend): a
         manifest or file that does not check out, another round, model, key set or bundle,
@@ -188,7 +181,7 @@ class Intake(FundBase):
         )  # fmt: skip
         lock = self.round_dir(round_id) / "submissions" / f".{model}.lock"
         with receiving(lock, f"model {model!r}'s submission for round {round_id!r}"):
-            return self._take(round_id, spec, bundle, submission, workers, on_progress)
+            return self._take(round_id, spec, bundle, submission, workers, scheduler, on_progress)
 
     def _take(
         self,
@@ -197,6 +190,7 @@ class Intake(FundBase):
         bundle: BundleRecord,
         submission: Artifact,
         workers: int | None,
+        scheduler: str | None,
         on_progress: Callable[[int, int], None] | None,
     ) -> pd.Series:
         """Accept a checked submission, keep it, decrypt it once, and keep its predictions."""
@@ -223,6 +217,7 @@ class Intake(FundBase):
             decrypted, failures = decrypt_once(
                 self.keys, round_id, model, ciphertexts,
                 reason="decrypted the submission", workers=workers, on_done=report,
+                scheduler=scheduler,
             )  # fmt: skip
             self._refuse_failures(round_id, model, failures, "circuit with this round's keys")
             codec = SpecCodec(spec)

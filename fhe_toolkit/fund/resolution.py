@@ -32,7 +32,7 @@ PUBLISHED_DECIMALS = 4
 MAX_TARGETS_BYTES = 2 * 2**30
 MAX_UNRESOLVED_SHARE = 0.5
 """A target a model is scored on may be NaN (unresolved) for at most this share of live rows."""
-PAYMENT_COLUMNS = ["stake", "score", "payout", "reputation"]
+PAYMENT_COLUMNS = ["stake", "score", "payout", "stake_after", "reputation"]
 """The last columns of ``scores.csv``, after the metrics (in alphabetical order)."""
 
 
@@ -170,6 +170,8 @@ class Resolution(FundBase):
         paid = self.db.payouts().query("round == @round_id").set_index("model")
         summary = by_model(summarize(per_era.drop(columns="target")))
         scores = summary.join(paid[["stake", "score", "payout", "reputation"]])
+        # Gains add to the stake, losses burn it, never below 0 (as the round recorded).
+        scores["stake_after"] = (scores["stake"] + scores["payout"]).clip(lower=0.0)
         return self._write_results(round_id, per_era, scores)
 
     def _write_results(

@@ -53,6 +53,7 @@ def run_bundle(
     identity: str | Path,
     fund_key: str | Path | bytes | None = None,
     workers: int | None = None,
+    scheduler: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Run the exported model on every encrypted row of a round bundle; write the submission,
@@ -60,7 +61,8 @@ def run_bundle(
 
     ``fund_key``: the fund's public key (file or hex): the bundle must carry the fund's
     signature. Rows run in worker processes on all cores (a crash of Concrete's runtime costs a
-    worker, and is reported with the row's ids). Finished batches are checkpointed in
+    worker, and is reported with the row's ids), or on the Dask cluster at ``scheduler``
+    (``tcp://HOST:PORT``; see docs/cluster.md). Finished batches are checkpointed in
     ``out_dir``, so running again after an interruption only computes what is left, and running
     again after success does nothing. ``on_progress(rows_done, rows)`` reports progress.
     Returns the submission directory (``out_dir``).
@@ -116,6 +118,7 @@ def run_bundle(
                 # A row per ciphertext is cheap: hand workers a few at a time.
                 chunk_size=4 if isinstance(spec, ModelSpec) and spec.batch_size == 1 else 1,
                 on_done=report,
+                scheduler=scheduler,
             )
         except RowsCrashedError as exc:
             failures = exc.failures
