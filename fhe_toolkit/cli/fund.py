@@ -20,7 +20,7 @@ from fhe_toolkit.cli import (
     progress_reporter,
 )
 from fhe_toolkit.cli.display import format_option, print_frame
-from fhe_toolkit.cli.options import scheduler_option, workers_option
+from fhe_toolkit.cli.options import live_option, scheduler_option, workers_option
 from fhe_toolkit.data import load_tournament
 from fhe_toolkit.fund import Fund, fund_benchmark
 from fhe_toolkit.fund.base import MAX_PACKED_PER_PARTICIPANT
@@ -158,13 +158,7 @@ def models(fund: Fund, output_format: str) -> None:
 
 @fund.command("open-round")
 @click.argument("round_id")
-@click.option(
-    "--live",
-    "live_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="The live rows to encrypt (Numerai-format parquet).",
-)
+@live_option("The live rows to encrypt (Numerai-format parquet).")
 @click.option(
     "--model", "models", multiple=True, help="Only these models (default: all registered)."
 )
@@ -286,13 +280,7 @@ def status(fund: Fund, round_id: str | None, output_format: str) -> None:
 
 @fund.command("score")
 @click.argument("round_id")
-@click.option(
-    "--live",
-    "live_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="The round's live rows (features, for exposure and FNC).",
-)
+@live_option("The round's live rows (features, for exposure and FNC).")
 @click.option(
     "--targets",
     "targets_path",

@@ -17,6 +17,7 @@ import pandas as pd
 from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
 from fhe_toolkit.cli.display import print_frame
 from fhe_toolkit.cli.fund import database_option, fund_dir_option, keys_option
+from fhe_toolkit.cli.options import out_dir_option, validation_option
 from fhe_toolkit.data import load_features_json, load_tournament
 from fhe_toolkit.fund.training import WEIGHTS_FILE, FundTraining
 from fhe_toolkit.participant.model import SPEC_FILE, compile_model, diagnose, export_model
@@ -33,13 +34,7 @@ from fhe_toolkit.participant.training import (
 
 @click.command("training-job")
 @click.option("--name", required=True, help="The job's name, as the fund will know it.")
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="New directory for the job (public spec, private deployment).",
-)
+@out_dir_option("New directory for the job (public spec, private deployment).")
 @click.option(
     "--features-json",
     required=True,
@@ -124,13 +119,7 @@ def training_job(
     type=click.Path(path_type=Path),
     help="The job directory written by `participant training-job`.",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Result directory (also holds the checkpoint of an interrupted run).",
-)
+@out_dir_option("Result directory (also holds the checkpoint of an interrupted run).")
 @friendly_errors
 def train_encrypted(bundle_dir: Path, job_dir: Path, out_dir: Path) -> None:
     """Run every SGD step of a training bundle on its encrypted batches.
@@ -163,19 +152,8 @@ def train_encrypted(bundle_dir: Path, job_dir: Path, out_dir: Path) -> None:
     help="Rows to calibrate the input quantizers on (the released training parquet).",
 )
 @click.option("--name", required=True, help="Model name for the rounds.")
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="New model directory (as `participant train` writes).",
-)
-@click.option(
-    "--validation",
-    "validation_path",
-    type=click.Path(path_type=Path),
-    help="Validation parquet: score the model in clear, quantized and simulated FHE.",
-)
+@out_dir_option("New model directory (as `participant train` writes).")
+@validation_option("Validation parquet: score the model in clear, quantized and simulated FHE.")
 @friendly_errors
 def from_weights(
     weights_path: Path,
