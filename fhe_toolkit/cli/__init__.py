@@ -138,7 +138,7 @@ def main(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from fhe_toolkit.cli import data, demo, fund, identity, participant, simulate, training
+    from fhe_toolkit.cli import data, demo, fund, identity, participant, service, simulate, training
 
     main.add_command(data.data)
     main.add_command(data.score)
@@ -148,6 +148,7 @@ def _register() -> None:
     main.add_command(identity.identity)
     main.add_command(simulate.simulate)
     training.attach(participant.participant, fund.fund)
+    service.attach(participant.participant, fund.fund)
 
 
 _register()

@@ -144,3 +144,48 @@ class TrainingJobRecord:
     """When a result was accepted for decryption."""
     result_sha256: str | None = None
     """The accepted result's manifest hash (unknown for jobs imported from ``job.json``)."""
+
+
+class UploadStatus(StrEnum):
+    """Where a submission uploaded to the fund's service stands (its queue entry)."""
+
+    QUEUED = "queued"
+    """Checked (archive, manifest, hashes, owner's signature), kept, waiting for the worker."""
+    DECRYPTING = "decrypting"
+    """Taken by the worker, which runs the fund's receive path on it. If the worker was cut
+    off here, the entry is taken again (up to the service's attempt limit)."""
+    RECEIVED = "received"
+    """Decrypted and kept by the fund; the bundle's status says the rest."""
+    REFUSED = "refused"
+    """The fund refused it (``detail`` says why)."""
+    FAILED = "failed"
+    """The service could not process it (``detail`` says why); nothing was decrypted, or the
+    attempts ran out."""
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    """A submission uploaded to the fund's service, and where it stands in the queue."""
+
+    upload_id: str
+    round: str
+    model: str
+    participant: str
+    status: UploadStatus
+    detail: str | None
+    manifest_sha256: str
+    """The uploaded submission's manifest hash: the same submission sent again is the same
+    upload."""
+    archive_sha256: str
+    size: int
+    """Bytes of the uploaded archive."""
+    attempts: int
+    """How many times the worker took it."""
+    queued_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Whether the worker has yet to finish it."""
+        return self.status in (UploadStatus.QUEUED, UploadStatus.DECRYPTING)

@@ -30,6 +30,8 @@ from fhe_toolkit.registry.records import (
     SubmissionStatus,
     TrainingJobRecord,
     TrainingJobStatus,
+    UploadRecord,
+    UploadStatus,
 )
 from fhe_toolkit.registry.tables import (
     BundleRow,
@@ -40,6 +42,7 @@ from fhe_toolkit.registry.tables import (
     PayoutRow,
     RoundRow,
     ScoreRow,
+    ServiceUploadRow,
     StakeEventRow,
     SubmissionRow,
     TrainingJobRow,
@@ -708,3 +711,151 @@ def _aware(moment: datetime) -> datetime:
 
 def _maybe_aware(moment: datetime | None) -> datetime | None:
     return None if moment is None else _aware(moment)
+
+
+class ServiceStore:
+    """The fund service's records beside the registry's, in the same database: the queue of
+    uploaded submissions (:mod:`fhe_toolkit.service`). Every method is one transaction."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    # --- the upload queue ---------------------------------------------------------------
+    def enqueue(
+        self,
+        upload_id: str,
+        round_name: str,
+        model: str,
+        participant: str,
+        *,
+        manifest_sha256: str,
+        archive_sha256: str,
+        size: int,
+    ) -> UploadRecord:
+        """Queue a checked upload for decryption; refused while another upload for the same
+        model and round waits or is being decrypted."""
+        with self.registry.session() as s:
+            record = Registry._round(s, round_name)
+            found = Registry._model(s, model)
+            pending = s.scalar(
+                select(ServiceUploadRow).where(
+                    ServiceUploadRow.round_id == record.id,
+                    ServiceUploadRow.model_id == found.id,
+                    ServiceUploadRow.status.in_([UploadStatus.QUEUED, UploadStatus.DECRYPTING]),
+                )
+            )
+            if pending is not None:
+                raise RegistryError(
+                    f"an upload for model {model!r} in round {round_name!r} is "
+                    f"{pending.status} already ({pending.upload_id})."
+                )
+            row = ServiceUploadRow(
+                upload_id=upload_id,
+                round_id=record.id,
+                model_id=found.id,
+                participant_id=Registry._participant(s, participant).id,
+                status=UploadStatus.QUEUED,
+                manifest_sha256=manifest_sha256,
+                archive_sha256=archive_sha256,
+                size=size,
+                attempts=0,
+                queued_at=_now(),
+            )
+            s.add(row)
+            s.flush()
+            return self._record(s, row)
+
+    def upload(self, upload_id: str) -> UploadRecord:
+        with self.registry.session() as s:
+            row = s.scalar(select(ServiceUploadRow).where(ServiceUploadRow.upload_id == upload_id))
+            if row is None:
+                raise RegistryError(f"no upload {upload_id!r}.")
+            return self._record(s, row)
+
+    def uploads(
+        self,
+        *,
+        participant: str | None = None,
+        round_name: str | None = None,
+        model: str | None = None,
+    ) -> list[UploadRecord]:
+        """Uploads, oldest first, optionally only a participant's, a round's or a model's."""
+        with self.registry.session() as s:
+            query = select(ServiceUploadRow).order_by(ServiceUploadRow.id)
+            if participant is not None:
+                query = query.where(
+                    ServiceUploadRow.participant_id == Registry._participant(s, participant).id
+                )
+            if round_name is not None:
+                query = query.where(ServiceUploadRow.round_id == Registry._round(s, round_name).id)
+            if model is not None:
+                query = query.where(ServiceUploadRow.model_id == Registry._model(s, model).id)
+            return [self._record(s, row) for row in s.scalars(query)]
+
+    def claim_next(self, max_attempts: int) -> UploadRecord | None:
+        """The next upload to decrypt, marked as being decrypted: first one whose decryption
+        was cut off (its worker died), then the oldest queued. One cut off ``max_attempts``
+        times already is marked failed instead."""
+        with self.registry.session() as s:
+            while True:
+                row = s.scalar(
+                    select(ServiceUploadRow)
+                    .where(ServiceUploadRow.status == UploadStatus.DECRYPTING)
+                    .order_by(ServiceUploadRow.id)
+                    .limit(1)
+                ) or s.scalar(
+                    select(ServiceUploadRow)
+                    .where(ServiceUploadRow.status == UploadStatus.QUEUED)
+                    .order_by(ServiceUploadRow.id)
+                    .limit(1)
+                )
+                if row is None:
+                    return None
+                if row.attempts >= max_attempts:
+                    row.status, row.finished_at = UploadStatus.FAILED, _now()
+                    row.detail = (
+                        f"its decryption was cut off {row.attempts} time(s) (the worker died); "
+                        "the fund's operator has been left the files."
+                    )
+                    s.flush()
+                    continue
+                row.status, row.attempts, row.started_at = (
+                    UploadStatus.DECRYPTING, row.attempts + 1, _now(),
+                )  # fmt: skip
+                s.flush()
+                return self._record(s, row)
+
+    def finish(self, upload_id: str, status: UploadStatus, detail: str | None = None) -> None:
+        """Record how the worker finished with an upload."""
+        with self.registry.session() as s:
+            row = s.scalar(select(ServiceUploadRow).where(ServiceUploadRow.upload_id == upload_id))
+            if row is None:
+                raise RegistryError(f"no upload {upload_id!r}.")
+            row.status, row.detail, row.finished_at = UploadStatus(status), detail, _now()
+
+    def accepted_submission(self, round_name: str, model: str) -> str | None:
+        """The manifest hash of the submission the fund accepted for ``model`` in the round,
+        if any."""
+        with self.registry.session() as s:
+            bundle = self.registry._bundle(s, Registry._round(s, round_name), model)
+            return s.scalar(
+                select(SubmissionRow.manifest_sha256).where(SubmissionRow.bundle_id == bundle.id)
+            )
+
+    @staticmethod
+    def _record(s: Session, row: ServiceUploadRow) -> UploadRecord:
+        return UploadRecord(
+            upload_id=row.upload_id,
+            round=s.get_one(RoundRow, row.round_id).name,
+            model=s.get_one(ModelRow, row.model_id).name,
+            participant=s.get_one(ParticipantRow, row.participant_id).name,
+            status=row.status,
+            detail=row.detail,
+            manifest_sha256=row.manifest_sha256,
+            archive_sha256=row.archive_sha256,
+            size=row.size,
+            attempts=row.attempts,
+            queued_at=_aware(row.queued_at),
+            started_at=_maybe_aware(row.started_at),
+            finished_at=_maybe_aware(row.finished_at),
+        )

@@ -13,6 +13,7 @@ from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Enum,
     Float,
@@ -25,7 +26,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from fhe_toolkit.registry.records import RoundStatus, SubmissionStatus, TrainingJobStatus
+from fhe_toolkit.registry.records import (
+    RoundStatus,
+    SubmissionStatus,
+    TrainingJobStatus,
+    UploadStatus,
+)
 
 
 class Base(DeclarativeBase):
@@ -196,3 +202,25 @@ class TrainingJobRow(Base):
     opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     result_sha256: Mapped[str | None] = mapped_column(String(64))
+
+
+class ServiceUploadRow(Base):
+    """A submission uploaded to the fund's service: the decryption queue
+    (:mod:`fhe_toolkit.service`)."""
+
+    __tablename__ = "service_uploads"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    upload_id: Mapped[str] = mapped_column(String(32), unique=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"))
+    status: Mapped[UploadStatus] = mapped_column(status_type(UploadStatus, 16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    archive_sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
