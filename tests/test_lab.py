@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pandas as pd
@@ -25,6 +23,7 @@ from fhe_toolkit.lab import (
     write_outputs,
 )
 from fhe_toolkit.lab.report import CHARTS
+from tests.browser import assert_charts_drawn
 from tests.cli_runner import cli, ok
 
 SMALL = LabConfig(
@@ -32,10 +31,6 @@ SMALL = LabConfig(
     noise=4.0, recent_eras=6, copy_window=4,
 )  # fmt: skip
 """Small and strong-signal: quick, and the archetypes' differences stand out of the noise."""
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 def small(**changes: object) -> LabConfig:
@@ -258,19 +253,4 @@ def test_the_report_is_self_contained(report):
 
 
 def test_chromium_draws_every_chart_offline(report, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed (Debian's chromium package; .ci/run installs it)")
-    result = subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=30000", "--dump-dom", report.as_uri()],
-        capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    dom = result.stdout
-    for chart in CHARTS:
-        opening = re.search(rf'<div[^>]*id="{chart}"[^>]*>', dom)
-        assert opening is not None, f"no {chart} chart in the page"
-        # plotly.js marks a graph div js-plotly-plot once it has drawn it.
-        assert "js-plotly-plot" in opening.group(0), f"{chart} was not drawn"
-    assert dom.count('class="main-svg"') >= 2 * len(CHARTS)
+    assert_charts_drawn(report, CHARTS, tmp_path / "profile")

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 
 import pytest
 
 from fhe_toolkit.errors import ReportError
 from fhe_toolkit.fund.report import write_report
 from fhe_toolkit.registry import Registry
+from tests.browser import assert_charts_drawn
 from tests.tournament_records import play_round, registry_with_models
 
 CHARTS = (
@@ -19,10 +18,6 @@ CHARTS = (
     "correlations",
 )  # fmt: skip
 """What the issue asks the report to show, by the id of each chart's element."""
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 @pytest.fixture
@@ -41,22 +36,7 @@ def test_the_report_is_self_contained(report):
 
 
 def test_chromium_draws_every_chart_offline(report, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed (Debian's chromium package; .ci/run installs it)")
-    result = subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=30000", "--dump-dom", report.as_uri()],
-        capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    dom = result.stdout
-    for chart in CHARTS:
-        opening = re.search(rf'<div[^>]*id="{chart}"[^>]*>', dom)
-        assert opening is not None, f"no {chart} chart in the page"
-        # plotly.js marks a graph div js-plotly-plot once it has drawn it.
-        assert "js-plotly-plot" in opening.group(0), f"{chart} was not drawn"
-    assert dom.count('class="main-svg"') >= 2 * len(CHARTS)
+    assert_charts_drawn(report, CHARTS, tmp_path / "profile")
 
 
 def test_no_report_before_a_round_is_resolved(tmp_path):

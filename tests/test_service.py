@@ -44,9 +44,9 @@ from fhe_toolkit.service.wire import (
     pack_directory,
     sign_request,
 )
+from tests.browser import CHROMIUM_FLAGS
 from tests.cli_runner import cli, ok
 from tests.identities import enroll
-from tests.test_report import CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.fhe
 
