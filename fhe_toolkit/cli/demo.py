@@ -39,7 +39,7 @@ def demo(out_dir: Path, live_rows: int, workers: int | None) -> None:
     (fresh keys each), and signs the bundles; each participant runs its model on the
     ciphertexts and signs its submission; the fund checks, decrypts once per model, scores
     CORR / MMC / BMC / FNC / exposure and pays, which changes the stakes. Ends with the
-    leaderboard and an HTML report. About 5 minutes on 2 cores at the default size.
+    leaderboard and an HTML report. About 8 minutes on 2 cores at the default size.
     """
     from dataclasses import replace
 
