@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
-import plotly.io as pio
-from plotly.offline import get_plotlyjs
 
 from fhe_toolkit.errors import ReportError
 from fhe_toolkit.fund.leaderboard import leaderboard
+from fhe_toolkit.html_page import chart_grid, page
 from fhe_toolkit.protocol.files import write_atomic
 from fhe_toolkit.registry import Registry, RoundStatus
 
@@ -114,42 +113,14 @@ def _styled(figure: go.Figure, title: str, x: str, y: str) -> go.Figure:
 
 
 def _page(board: pd.DataFrame, rounds: pd.DataFrame, charts: dict[str, go.Figure]) -> str:
-    divs = "\n".join(
-        '<section class="chart">'
-        + pio.to_html(
-            figure,
-            full_html=False,
-            include_plotlyjs=False,
-            div_id=name,
-            default_width="100%",
-            config={"displayModeBar": False, "responsive": True},
-        )
-        + "</section>"
-        for name, figure in charts.items()
-    )
     table = board.round(4).to_html(classes="board", na_rep="—", border=0)
     resolved = rounds[rounds["status"] == RoundStatus.RESOLVED] if not rounds.empty else rounds
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>fhe-toolkit tournament report</title>
-<style>
- body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
- h1 {{ font-size: 22px; }} .board {{ border-collapse: collapse; font-size: 13px; }}
- .board th, .board td {{ padding: 4px 10px; text-align: right; border-bottom: 1px solid #ddd; }}
- /* Explicit columns: each chart is drawn as the page is read, at its cell's width then. */
- .charts {{ display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 8px; }}
- @media (max-width: 1100px) {{ .charts {{ grid-template-columns: minmax(0, 1fr); }} }}
-</style>
-<script>{get_plotlyjs()}</script>
-</head><body>
-<h1>Tournament report</h1>
+    body = f"""<h1>Tournament report</h1>
 <p>{len(resolved)} resolved round(s): {html.escape(", ".join(map(str, resolved.index)))}.
 Scores are rounded aggregates of decrypted predictions; no per-row value is shown.</p>
 <h2>Leaderboard</h2>
 {table}
 <h2>Rounds</h2>
-<div class="charts">
-{divs}
-</div>
-</body></html>
+{chart_grid(charts)}
 """
+    return page("fhe-toolkit tournament report", body)

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
-import plotly.io as pio
 from plotly.colors import qualitative
-from plotly.offline import get_plotlyjs
 
+from fhe_toolkit.html_page import chart_grid, page
 from fhe_toolkit.lab.claims import CLAIMS, FORMS
 from fhe_toolkit.lab.participants import ARCHETYPES
 from fhe_toolkit.lab.results import payout_per_stake
@@ -172,33 +171,12 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def _page(result: LabResult, charts: dict[str, go.Figure]) -> str:
-    divs = "\n".join(
-        '<section class="chart">'
-        + pio.to_html(
-            figure, full_html=False, include_plotlyjs=False, div_id=name,
-            default_width="100%", config={"displayModeBar": False, "responsive": True},
-        )
-        + "</section>"
-        for name, figure in charts.items()
-    )  # fmt: skip
     cfg = result.config
     claims = "\n".join(
         f"<li><b>({key})</b> {html.escape(text)}</li>" for key, text in CLAIMS.items()
     )
     archetypes = result.accounts.groupby("archetype", sort=False).size()
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>fhe-toolkit incentive lab</title>
-<style>
- body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
- h1 {{ font-size: 22px; }} .board {{ border-collapse: collapse; font-size: 13px; }}
- .board th, .board td {{ padding: 4px 10px; text-align: right; border-bottom: 1px solid #ddd; }}
- .charts {{ display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 8px; }}
- @media (max-width: 1100px) {{ .charts {{ grid-template-columns: minmax(0, 1fr); }} }}
-</style>
-<script>{get_plotlyjs()}</script>
-</head><body>
-<h1>Incentive lab</h1>
+    body = f"""<h1>Incentive lab</h1>
 <p>{html.escape(result.source)}. {len(result.accounts)} accounts of {len(archetypes)} archetypes.
 Payout rule: {html.escape(cfg.rule.describe())}; meta model: <b>{html.escape(cfg.method)}</b>
 (stakes move with payouts, never below 0). Seed {cfg.seed}. Every figure is in the clear, on
@@ -208,11 +186,9 @@ simulated rounds: no participant data.</p>
 <h2>Meta-model methods compared</h2>
 {_table(result.methods)}
 <h2>Rounds</h2>
-<div class="charts">
-{divs}
-</div>
+{chart_grid(charts)}
 <h2>The claims, and the figures this run measured</h2>
 <ul>{claims}</ul>
 {_table(result.claims.drop(columns="statement"))}
-</body></html>
 """
+    return page("fhe-toolkit incentive lab", body)
