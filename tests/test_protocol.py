@@ -390,7 +390,7 @@ def test_the_writer_refuses_unsafe_names_too(tmp_path):
 def test_a_manifest_of_another_kind_or_not_a_directory_is_refused(listed):
     with pytest.raises(ManifestError, match="holds a submission, not a round-bundle"):
         read_manifest(listed, "round-bundle")
-    with pytest.raises(ManifestError, match="is not a directory"):
+    with pytest.raises(ManifestError, match="is not a folder"):
         read_manifest(listed / "a.bin", "submission")
     with pytest.raises(ValueError, match="kind"):
         write_manifest(listed, ["a.bin"], kind="bogus", **manifest_fields())

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 import pyarrow as pa
@@ -20,8 +21,11 @@ from fhe_toolkit.data.schema import (
     validate_tournament,
 )
 from fhe_toolkit.errors import DataValidationError
+from fhe_toolkit.protocol.files import open_regular, read_regular
 
 FEATURES_JSON = "features.json"
+FEATURES_JSON_LIMIT = 64_000_000
+"""Numerai's own features.json is about 1 MB."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,10 @@ class FeatureMetadata:
 def load_features_json(path: str | Path) -> FeatureMetadata:
     """Read and check a Numerai ``features.json`` (keys ``feature_sets`` and ``targets``)."""
     path = Path(path)
+    text = read_regular(path, FEATURES_JSON_LIMIT, "a features.json", DataValidationError)
     try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataValidationError(f"{path} does not exist; pass the features.json path.") from None
-    except json.JSONDecodeError as exc:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataValidationError(f"{path} is not valid JSON ({exc}).") from None
     sets = raw.get("feature_sets") if isinstance(raw, dict) else None
     if not isinstance(sets, dict) or not all(
@@ -90,29 +93,32 @@ def load_tournament(
     and the targets.
     """
     path = Path(path)
-    schema = _parquet_schema(path)
-    available = list(schema.names)
-    if feature_set is not None:
-        if features is not None:
-            raise DataValidationError("give either feature_set or features, not both.")
-        metadata = load_features_json(features_json or path.with_name(FEATURES_JSON))
-        features = metadata.features(feature_set)
-    chosen_features = feature_columns(available) if features is None else list(features)
-    chosen_targets = target_columns(available) if targets is None else list(targets)
-    wanted = [ERA, DATA_TYPE, *chosen_features, *chosen_targets]
-    absent = [c for c in [*chosen_features, *chosen_targets] if c not in available]
-    if absent:
-        raise DataValidationError(
-            f"{path} has no column(s) {absent[:5]}"
-            + (f" (and {len(absent) - 5} more)" if len(absent) > 5 else "")
-            + "; check the feature set / target names against the file."
-        )
-    index_cols = [c for c in (ID, "__index_level_0__") if c in available]
-    columns = [c for c in dict.fromkeys(wanted) if c in available] + index_cols
-    try:
-        df = pd.read_parquet(path, columns=columns)
-    except (OSError, pa.ArrowException) as exc:
-        raise DataValidationError(f"{path} could not be read as parquet: {exc}") from None
+    # One open file for the schema and the rows: a link, FIFO or device is refused before
+    # pyarrow sees it (a FIFO would block it), and the file cannot be swapped in between.
+    with open_regular(path, "a Numerai-format parquet file", DataValidationError) as (handle, _):
+        schema = _parquet_schema(handle, path)
+        available = list(schema.names)
+        if feature_set is not None:
+            if features is not None:
+                raise DataValidationError("give either feature_set or features, not both.")
+            metadata = load_features_json(features_json or path.with_name(FEATURES_JSON))
+            features = metadata.features(feature_set)
+        chosen_features = feature_columns(available) if features is None else list(features)
+        chosen_targets = target_columns(available) if targets is None else list(targets)
+        wanted = [ERA, DATA_TYPE, *chosen_features, *chosen_targets]
+        absent = [c for c in [*chosen_features, *chosen_targets] if c not in available]
+        if absent:
+            raise DataValidationError(
+                f"{path} has no column(s) {absent[:5]}"
+                + (f" (and {len(absent) - 5} more)" if len(absent) > 5 else "")
+                + "; check the feature set / target names against the file."
+            )
+        index_cols = [c for c in (ID, "__index_level_0__") if c in available]
+        columns = [c for c in dict.fromkeys(wanted) if c in available] + index_cols
+        try:
+            df = pd.read_parquet(handle, columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataValidationError(f"{path} could not be read as parquet: {exc}") from None
     if ID in df.columns:
         df = df.set_index(ID)
     if validate:
@@ -120,11 +126,9 @@ def load_tournament(
     return df
 
 
-def _parquet_schema(path: Path) -> pa.Schema:
-    if not path.is_file():
-        raise DataValidationError(f"{path} does not exist or is not a file.")
+def _parquet_schema(handle: BinaryIO, path: Path) -> pa.Schema:
     try:
-        return pq.read_schema(path)
+        return pq.read_schema(handle)
     except (OSError, pa.ArrowException) as exc:
         raise DataValidationError(
             f"{path} is not a readable parquet file ({exc}); Numerai data comes as parquet."

@@ -50,6 +50,11 @@ def validate_tournament(
         raise DataValidationError(f"{source} must be a pandas DataFrame, got {type(df).__name__}.")
     features = feature_columns(list(df.columns)) if features is None else list(features)
     targets = target_columns(list(df.columns)) if targets is None else list(targets)
+    if df.empty:
+        raise DataValidationError(
+            f"{source} has no rows: there is nothing to train on, encrypt or score. Check that "
+            "the file is the one meant (an export cut short, or a filter that kept nothing)."
+        )
     problems = [
         *_index_problems(df),
         *_era_problems(df),

@@ -83,14 +83,21 @@ class Resolution(FundBase):
                 "and the targets and live data given now are not used."
             )
             return replace(results, notes=(note,))
-        if record.status == RoundStatus.OPEN:
-            self._close_for_scoring(round_id, record.deadline, close_now)
+        is_open = record.status == RoundStatus.OPEN
+        if is_open:
+            _refuse_open_round(round_id, record.deadline, close_now)
         predictions = self.predictions(round_id)
         targets_frame = _targets(targets)
         live_frame = live if isinstance(live, pd.DataFrame) else load_tournament(live)
         specs = {name: self.spec(name) for name in predictions.columns}
         live_ids = pd.read_parquet(self.round_dir(round_id) / "live_ids.parquet").index
         _check_targets(targets_frame, live_ids, sorted({s.target for s in specs.values()}))
+        if is_open:  # only once every input has checked out: a refusal leaves the round open
+            self.db.close_round(round_id)
+            # A submission received while the inputs were checked is scored too.
+            predictions = self.predictions(round_id)
+            specs = {name: self.spec(name) for name in predictions.columns}
+            _check_targets(targets_frame, live_ids, sorted({s.target for s in specs.values()}))
         notes = [
             f"{model} has no score: its submission is {bundle.status}"
             + (f" ({bundle.detail})" if bundle.detail else "")
@@ -147,17 +154,6 @@ class Resolution(FundBase):
         return replace(
             self._write_results(round_id, per_era, scores.join(paid)), notes=tuple(notes)
         )
-
-    def _close_for_scoring(self, round_id: str, deadline: datetime | None, close_now: bool) -> None:
-        """Close an open round to score it: after its deadline, or when asked to close now."""
-        if not close_now and (deadline is None or datetime.now(UTC) < deadline):
-            until = f" until {deadline:%Y-%m-%d %H:%M} UTC" if deadline else ""
-            raise FundError(
-                f"round {round_id!r} is open{until}: participants may still submit. Close it "
-                f"first (`fhe-toolkit fund close-round {round_id}`), or score with --close-now "
-                "(close_now=True) to close it now."
-            )
-        self.db.close_round(round_id)
 
     def export_results(self, round_id: str) -> RoundResults:
         """Write a resolved round's results files again, from the database."""
@@ -253,3 +249,15 @@ def fund_benchmark(train: pd.DataFrame, live: pd.DataFrame, target: str = "targe
     return pd.Series(
         model.predict(live[features].to_numpy(np.float32)), index=live.index, name="benchmark"
     )
+
+
+def _refuse_open_round(round_id: str, deadline: datetime | None, close_now: bool) -> None:
+    """An open round is scored (and closed) only after its deadline, or when asked to close
+    it now."""
+    if not close_now and (deadline is None or datetime.now(UTC) < deadline):
+        until = f" until {deadline:%Y-%m-%d %H:%M} UTC" if deadline else ""
+        raise FundError(
+            f"round {round_id!r} is open{until}: participants may still submit. Close it "
+            f"first (`fhe-toolkit fund close-round {round_id}`), or score with --close-now "
+            "(close_now=True) to close it now."
+        )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import stat
 import time
 from pathlib import Path
 from typing import Literal
@@ -122,8 +123,7 @@ def peek_kind(directory: str | Path) -> str:
     """The kind a directory's manifest declares, read before the directory is checked (so the
     right checks can be chosen); anything unreadable is refused as :func:`read_manifest` would."""
     path = Path(directory) / MANIFEST
-    if not Path(directory).is_dir():
-        raise ManifestError(f"{directory} is not a directory.")
+    _check_directory(Path(directory), "a bundle or submission")
     if not path.exists() and not path.is_symlink():
         raise ManifestError(f"{directory} has no {MANIFEST}: it is not a bundle or submission.")
     raw = read_regular(path, MAX_MANIFEST_BYTES, "a manifest", ManifestError)
@@ -136,6 +136,21 @@ def peek_kind(directory: str | Path) -> str:
     return kind
 
 
+def _check_directory(directory: Path, what: str) -> None:
+    """``directory`` is a real folder: a link is refused like a linked file, so what is read is
+    what was named."""
+    try:
+        status = directory.lstat()
+    except FileNotFoundError:
+        raise ManifestError(f"{directory} does not exist ({what} folder expected).") from None
+    if stat.S_ISLNK(status.st_mode):
+        raise ManifestError(
+            f"{directory} is a symbolic link; give {what} folder itself (the link's target)."
+        )
+    if not stat.S_ISDIR(status.st_mode):
+        raise ManifestError(f"{directory} is not a folder; give {what} folder, as sent.")
+
+
 def read_manifest(directory: str | Path, kind: str) -> tuple[Manifest, str]:
     """Read and check the manifest of ``directory`` and every file it lists.
 
@@ -143,8 +158,7 @@ def read_manifest(directory: str | Path, kind: str) -> tuple[Manifest, str]:
     """
     directory = Path(directory)
     path = directory / MANIFEST
-    if not directory.is_dir():
-        raise ManifestError(f"{directory} is not a directory.")
+    _check_directory(directory, f"a {kind}")
     if not path.exists() and not path.is_symlink():
         raise ManifestError(f"{directory} has no {MANIFEST}: it is not a {kind} directory.")
     raw = read_regular(path, MAX_MANIFEST_BYTES, "a manifest", ManifestError)

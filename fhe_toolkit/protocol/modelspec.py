@@ -183,8 +183,11 @@ class LinearSpec(PublicSpec):
     family: str
     weight_bits: int = Field(ge=2, le=MAX_WEIGHT_BITS)
     """Signed weights of this many bits: ``|w| <= 2**(weight_bits - 1) - 1``."""
-    scale: Number = Field(gt=0)
-    intercept: Number
+    # Bounds far outside what training gives (a scale near 1e-4, an intercept near 0.5), but
+    # tight enough that scale · (x · w) + intercept is finite and not swamped by the intercept:
+    # otherwise the fund would retire the keys for predictions that are infinite or constant.
+    scale: Number = Field(ge=1e-12, le=1e6)
+    intercept: Number = Field(ge=-1e6, le=1e6)
 
     @field_validator("family")
     @classmethod
@@ -265,13 +268,26 @@ def _decode(data: bytes, path: str | Path, kind: str) -> object:
 
 def validate_spec(raw: object, spec_type: type[S], source: str) -> S:
     """A spec from decoded JSON, every field checked; ``source`` names it in the error."""
+    if not isinstance(raw, dict):
+        raise SpecError(
+            f"{source} is not a valid {spec_type.KIND}: it holds a JSON {_json_type(raw)}, not "
+            "an object. Send the spec as `fhe-toolkit participant train` wrote it."
+        )
     try:
         return spec_type.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in exc.errors()[:8]
         )
-        raise SpecError(f"{source} is not a valid {spec_type.KIND}: {problems}") from None
+        raise SpecError(
+            f"{source} is not a valid {spec_type.KIND}: {problems}. Send the spec as "
+            "`fhe-toolkit participant train` wrote it."
+        ) from None
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _plain(value: Any) -> Any:

@@ -79,8 +79,11 @@ def load_public_key(path_or_hex: str | Path) -> bytes:
         )
     if not _is_hex_key(text):
         path = Path(path_or_hex)
-        if len(path.name) > 255:
-            raise IdentityError("that is neither 64 hex characters nor a file name.")
+        if len(path.name) > 255 or (not path.exists() and not path.is_symlink()):
+            raise IdentityError(
+                f"{str(path)[:80]!r} is neither 64 hex characters nor an existing file: give the "
+                "participant's .pub file or the 64 hex characters in it."
+            )
         data = read_regular(path, MAX_PUBLIC_KEY_FILE, "a public key file", IdentityError)
         try:
             text = data.decode("ascii").strip()

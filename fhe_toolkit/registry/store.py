@@ -144,7 +144,10 @@ class Registry:
                 s.add(model)
                 s.flush()
             elif model.participant_id != owner.id:
-                raise RegistryError(f"model {name!r} belongs to another participant.")
+                raise RegistryError(
+                    f"model {name!r} belongs to another participant; model names are unique in "
+                    "the tournament: register yours under another name."
+                )
             elif model.target != target:
                 raise RegistryError(
                     f"model {name!r} is registered for {model.target!r}, not {target!r}; a "

@@ -1,0 +1,658 @@
+"""Hostile and mistaken input, as participants and operators send or type it, through the CLI.
+
+Every case must be refused with exit status 2 and one clear message (what is wrong, and what to
+do), no traceback, and must leave the fund exactly as it was: every file and folder under the
+fund and the key store, and every row of the database (:mod:`tests.snapshots`).
+
+The cases that need an opened round (receive, score, a second open-round) run on a real packed
+round: 60 live rows of 12 features, two linear models; they are marked ``fhe``. The others need
+no encryption.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from fhe_toolkit.cli import main
+from fhe_toolkit.data import SynthConfig, load_features_json, load_tournament, synthesize
+from fhe_toolkit.fund import Fund
+from fhe_toolkit.participant import export_model, run_bundle, train_model
+from fhe_toolkit.protocol.manifest import MANIFEST, SIGNATURE
+from fhe_toolkit.protocol.signing import load_private_key, sign_directory
+from tests.identities import enroll
+from tests.snapshots import differences, snapshot
+
+CONFIG = SynthConfig(
+    train_eras=6, validation_eras=1, live_eras=1, rows_per_era=60, n_features=12, n_groups=3
+)
+MODELS = {"a-lin": ("alice", "linear"), "b-ridge": ("bob", "ridge")}
+TWO_GB = 2 * 1024**3
+
+
+@dataclass
+class World:
+    root: Path
+    fund: Fund
+    paths: dict[str, Path]
+    identities: dict[str, Path]
+    submissions: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def fund_dir(self) -> Path:
+        return self.fund.root
+
+    @property
+    def keys(self) -> Path:
+        return self.fund.keys.root
+
+    def fund_command(self, *args: object) -> list[str]:
+        return ["fund", *map(str, args), "--fund-dir", str(self.fund_dir), "--keys", str(self.keys)]
+
+    def spec(self, model: str = "a-lin") -> dict:
+        return json.loads((self.root / model / "model_spec.json").read_text())
+
+
+def build_world(root: Path) -> World:
+    paths = synthesize(root / "data", CONFIG)
+    train = load_tournament(paths["train"])
+    features = load_features_json(paths["features"]).features("all")
+    fund = Fund(root / "fund", root / "keys")
+    identities = {who: enroll(fund, root, who) for who in ("alice", "bob")}
+    for name, (owner, family) in MODELS.items():
+        export_model(train_model(train, family=family, features=features), root / name, name)
+        fund.register(root / name / "model_spec.json", participant=owner, stake=10.0)
+    return World(root, fund, paths, identities)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """A fund with two participants and two registered linear models; no round yet."""
+    return build_world(tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture(scope="module")
+def round_world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The same, with packed round r1 (both models run; bob's received) and round r2 open."""
+    world = build_world(tmp_path_factory.mktemp("hostile-round"))
+    fund = world.fund
+    fund.open_round("r1", world.paths["live"])
+    for name, (owner, _) in MODELS.items():
+        world.submissions[name] = run_bundle(
+            fund.round_dir("r1") / "packed", world.root / name, world.root / f"sent-{name}",
+            identity=world.identities[owner], fund_key=fund.public_key(), workers=1,
+        )  # fmt: skip
+    fund.receive("r1", world.submissions["b-ridge"])
+    fund.open_round("r2", world.paths["live"], models=["a-lin"])
+    return world
+
+
+def refused(world: World, args: list[str], refusal: str) -> str:
+    """Run ``args``; check that it is refused with a message matching ``refusal`` and that the
+    fund is exactly as it was. Returns the message."""
+    before = snapshot(world.fund_dir, world.keys, database=world.fund.db.engine)
+    result = CliRunner().invoke(main, args)
+    output = result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"{args} raised {result.exception!r}:\n{output}"
+    )
+    assert result.exit_code == 2, f"{args} exited {result.exit_code}:\n{output}"
+    assert "Traceback" not in output, output
+    assert re.search(refusal, output, re.DOTALL), f"{refusal!r} not in:\n{output}"
+    assert (
+        differences(before, snapshot(world.fund_dir, world.keys, database=world.fund.db.engine))
+        == []
+    )
+    print(f"\n@@ {args[:2]} :: {output.strip()}")
+    return output
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def sparse(path: Path, size: int = TWO_GB) -> Path:
+    """A file as large as ``size`` that takes no disk space."""
+    with path.open("wb") as handle:
+        handle.truncate(size)
+    return path
+
+
+def spec_file(world: World, tmp: Path, **changes: object) -> Path:
+    """Model a-lin's spec with ``changes`` (a value of ``...`` deletes the field)."""
+    spec = world.spec()
+    for key, value in changes.items():
+        if value is ...:
+            spec.pop(key, None)
+        else:
+            spec[key] = value
+    path = tmp / "model_spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def live_file(world: World, tmp: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> Path:
+    path = tmp / "live.parquet"
+    edit(pd.read_parquet(world.paths["live"])).to_parquet(path)
+    return path
+
+
+def first_feature(frame: pd.DataFrame) -> str:
+    return next(c for c in frame.columns if c.startswith("feature_"))
+
+
+def register(
+    world: World, spec: Path, *, participant: str = "alice", stake: str = "5"
+) -> list[str]:
+    return world.fund_command("register", spec, "--participant", participant, "--stake", stake)
+
+
+# --- register, stake, participants: no round needed ---------------------------------------------
+
+SPEC_FIELD_CASES = {
+    "unknown format": ({"format": "fhe-toolkit/pickle"}, r"format"),
+    "unknown family": ({"family": "quantum"}, r"family"),
+    "no name": ({"name": ...}, r"name"),
+    "name with a space": ({"name": "Carol X"}, r"name"),
+    "name climbing out of folders": ({"name": "../../keys"}, r"name"),
+    "64-bit weights": ({"weight_bits": 64}, r"weight_bits"),
+    "0-bit weights": ({"weight_bits": 0}, r"weight_bits"),
+    "weight bits as text": ({"weight_bits": "8"}, r"weight_bits"),
+    "scale 1e-300": ({"scale": 1e-300}, r"scale"),
+    "scale 1e308": ({"scale": 1e308}, r"scale"),
+    "negative scale": ({"scale": -1.0}, r"scale"),
+    "intercept 1e308": ({"intercept": 1e308}, r"intercept"),
+    "no features": ({"features": []}, r"feature"),
+    "a feature twice": ({"features": ["feature_intelligence_0000"] * 2}, r"feature"),
+    "features that are numbers": ({"features": [1, 2, 3]}, r"feature"),
+    "a feature climbing out of folders": ({"features": ["../../etc/passwd"]}, r"feature"),
+    "unknown target": ({"target": "target_bogus; DROP TABLE"}, r"target"),
+    "a free-form blob": ({"payload": {"anything": ["the", "participant", "likes"]}}, r"payload"),
+    "versions holding an object": ({"versions": {"python": {"x": 1}}}, r"version"),
+}
+
+
+@pytest.mark.parametrize("changes, refusal", SPEC_FIELD_CASES.values(), ids=SPEC_FIELD_CASES)
+def test_register_refuses_a_spec_with_a_bad_field(world, tmp_path, changes, refusal):
+    refused(world, register(world, spec_file(world, tmp_path, **changes)), refusal)
+
+
+def test_register_refuses_a_spec_that_is_not_a_json_object(world, tmp_path):
+    path = tmp_path / "spec.json"
+    for content, refusal in [
+        (b"{not json", r"JSON"),
+        (b"[]", r"JSON array, not an object"),
+        (b"null", r"JSON null, not an object"),
+        (os.urandom(256), r"JSON|UTF-8|text"),
+        (b'{"a": ' * 100_000, r"JSON|deep|nested"),
+        (b'{"name": NaN}', r"JSON|NaN|name|format"),
+    ]:
+        path.write_bytes(content)
+        refused(world, register(world, path), refusal)
+
+
+SPEC_PATH_CASES: dict[str, tuple[Callable[[World, Path], Path], str]] = {
+    "a FIFO": (lambda w, t: fifo(t / "spec.json"), r"not a regular file"),
+    "a folder": (lambda w, t: t, r"not a regular file|folder|directory"),
+    "a symbolic link": (
+        lambda w, t: (
+            (t / "link.json").symlink_to(w.root / "a-lin" / "model_spec.json") or t / "link.json"
+        ),
+        r"symbolic link",
+    ),
+    "missing": (lambda w, t: t / "missing.json", r"does not exist|no such|not found"),
+    "a 2 GB file": (lambda w, t: sparse(t / "spec.json"), r"larger than|too large|bytes"),
+}
+
+
+@pytest.mark.parametrize("make, refusal", SPEC_PATH_CASES.values(), ids=SPEC_PATH_CASES)
+def test_register_reads_only_a_regular_spec_file_of_sane_size(world, tmp_path, make, refusal):
+    refused(world, register(world, make(world, tmp_path)), refusal)
+
+
+def test_register_refuses_an_unknown_owner_or_another_owners_model(world, tmp_path):
+    spec = spec_file(world, tmp_path)
+    refused(world, register(world, spec, participant="mallory"), r"mallory")
+    refused(
+        world,
+        register(world, spec, participant="bob"),
+        r"belongs to another participant.*another name",
+    )
+
+
+BAD_STAKES = {"negative": "-5", "NaN": "nan", "infinite": "inf", "1.8e308": "1.8e308"}
+
+
+@pytest.mark.parametrize("amount", BAD_STAKES.values(), ids=BAD_STAKES)
+def test_a_stake_must_be_finite_non_negative_and_capped(world, tmp_path, amount):
+    refused(world, register(world, spec_file(world, tmp_path), stake=amount), r"a stake must be")
+    refused(world, world.fund_command("stake", "a-lin", amount), r"a stake must be")
+
+
+def test_stake_on_an_unknown_model(world):
+    refused(world, world.fund_command("stake", "nobody", "5"), r"nobody")
+
+
+PUBLIC_KEY_CASES: dict[str, tuple[Callable[[World, Path], str], str]] = {
+    "not hex": (lambda w, t: "zz" * 32, r"neither 64 hex characters nor an existing file"),
+    "31 bytes": (lambda w, t: "ab" * 31, r"neither 64 hex characters nor an existing file"),
+    "a FIFO": (lambda w, t: str(fifo(t / "key.pub")), r"not a regular file"),
+    "a link": (
+        lambda w, t: (
+            (t / "k.pub").symlink_to(w.identities["alice"].with_suffix(".pem.pub"))
+            or str(t / "k.pub")
+        ),
+        r"symbolic link",
+    ),
+    "a 2 GB file": (lambda w, t: str(sparse(t / "key.pub")), r"larger than|too large|public key"),
+    "a private key": (lambda w, t: str(w.identities["bob"]), r"public key|private"),
+}
+
+
+@pytest.mark.parametrize("make, refusal", PUBLIC_KEY_CASES.values(), ids=PUBLIC_KEY_CASES)
+def test_add_participant_refuses_what_is_not_a_public_key(world, tmp_path, make, refusal):
+    refused(
+        world,
+        world.fund_command("add-participant", "carol", "--public-key", make(world, tmp_path)),
+        refusal,
+    )
+
+
+def test_add_participant_refuses_a_bad_name_or_a_second_key_for_a_known_one(world):
+    bob_key = world.identities["bob"].with_suffix(".pem.pub")
+    refused(
+        world, world.fund_command("add-participant", "Mallory X", "--public-key", bob_key), r"name"
+    )
+    refused(
+        world, world.fund_command("add-participant", "alice", "--public-key", bob_key), r"alice"
+    )
+
+
+LIVE_CASES: dict[str, tuple[Callable[[World, Path], Path], str]] = {
+    "missing": (lambda w, t: t / "missing.parquet", r"does not exist|no such|not found"),
+    "a FIFO": (lambda w, t: fifo(t / "live.parquet"), r"not a regular file"),
+    "a CSV named .parquet": (
+        lambda w, t: (t / "live.parquet").write_text("id,era\na,1\n") and t / "live.parquet",
+        r"parquet",
+    ),
+    "empty": (lambda w, t: live_file(w, t, lambda f: f.iloc[:0]), r"has no rows"),
+    "duplicate ids": (
+        lambda w, t: live_file(w, t, lambda f: pd.concat([f, f.iloc[:3]])),
+        r"duplicate",
+    ),
+    "values outside 0..4": (
+        lambda w, t: live_file(w, t, lambda f: f.assign(**{first_feature(f): 7})),
+        r"outside 0..4",
+    ),
+    "a 2 GB file": (lambda w, t: sparse(t / "live.parquet"), r"larger than|too large|parquet"),
+}
+
+
+@pytest.mark.parametrize("make, refusal", LIVE_CASES.values(), ids=LIVE_CASES)
+def test_open_round_refuses_bad_live_data_before_writing_anything(world, tmp_path, make, refusal):
+    refused(world, world.fund_command("open-round", "r9", "--live", make(world, tmp_path)), refusal)
+
+
+def test_open_round_refuses_a_bad_round_name_deadline_or_model(world):
+    live = world.paths["live"]
+    refused(world, world.fund_command("open-round", "../r9", "--live", live), r"round")
+    refused(
+        world,
+        world.fund_command("open-round", "r9", "--live", live, "--deadline", "2001-01-01"),
+        r"deadline",
+    )
+    refused(
+        world,
+        world.fund_command("open-round", "r9", "--live", live, "--model", "nobody"),
+        r"nobody",
+    )
+
+
+def test_read_only_commands_refuse_an_unknown_round_or_a_missing_fund(world, tmp_path):
+    refused(world, world.fund_command("status", "r404"), r"r404")
+    refused(world, world.fund_command("close-round", "r404"), r"r404")
+    elsewhere = tmp_path / "not-a-fund"
+    refused(world, ["fund", "leaderboard", "--fund-dir", str(elsewhere)], r"no fund here")
+    assert not elsewhere.exists()
+
+
+def test_report_refuses_an_output_path_it_cannot_write(world, tmp_path):
+    refused(world, world.fund_command("report", "--out", tmp_path), r"is a directory")
+
+
+DATA_CASES = {
+    "no rows": (lambda f: f.iloc[:0], r"has no rows"),
+    "no era column": (lambda f: f.drop(columns="era"), r"era"),
+    "values outside 0..4": (lambda f: f.assign(**{first_feature(f): 9}), r"outside 0..4"),
+}
+
+
+@pytest.mark.parametrize("edit, refusal", DATA_CASES.values(), ids=DATA_CASES)
+def test_data_validate_refuses_bad_live_data(world, tmp_path, edit, refusal):
+    refused(world, ["data", "validate", str(live_file(world, tmp_path, edit))], refusal)
+
+
+def test_identity_new_never_overwrites_a_key(world, tmp_path):
+    refused(world, ["identity", "new", str(world.identities["alice"])], r"exists")
+
+
+# --- receive: what a participant sends ---------------------------------------------------------
+
+
+def sent(world: World, tmp: Path, model: str = "a-lin") -> Path:
+    """A fresh copy of ``model``'s valid submission for round r1, to tamper with."""
+    copy = tmp / f"sub-{model}"
+    copy.mkdir()
+    for item in world.submissions[model].iterdir():
+        (copy / item.name).write_bytes(item.read_bytes())
+    return copy
+
+
+def edit_manifest(directory: Path, **changes: object) -> Path:
+    manifest = json.loads((directory / MANIFEST).read_text())
+    manifest.update(changes)
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    return directory
+
+
+def add(directory: Path, name: str, make: Callable[[Path], object]) -> Path:
+    make(directory / name)
+    return directory
+
+
+def flip_byte(path: Path, at: int = 100) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def rehash(directory: Path) -> Path:
+    """The manifest's hashes and sizes recomputed over the tampered files (not re-signed)."""
+    import hashlib
+
+    manifest = json.loads((directory / MANIFEST).read_text())
+    for name in manifest["files"]:
+        data = (directory / name).read_bytes()
+        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    return directory
+
+
+def predictions(directory: Path) -> Path:
+    return directory / next(iter(json.loads((directory / MANIFEST).read_text())["files"]))
+
+
+SUBMISSION_CASES: dict[str, tuple[Callable[[World, Path], Path], str]] = {
+    # Extra entries: nothing but what the manifest lists is read or kept.
+    "an unlisted link to the key store": (
+        lambda w, t: add(sent(w, t), "keys", lambda p: p.symlink_to(w.keys)),
+        r"'keys'.*manifest",
+    ),
+    "an unlisted link to the fund's signing key": (
+        lambda w, t: add(sent(w, t), "k.pem", lambda p: p.symlink_to(w.fund.identity_path)),
+        r"k\.pem",
+    ),
+    "an unlisted link to /etc/passwd": (
+        lambda w, t: add(sent(w, t), "passwd", lambda p: p.symlink_to("/etc/passwd")),
+        r"passwd",
+    ),
+    "an unlisted FIFO": (lambda w, t: add(sent(w, t), "pipe", fifo), r"pipe"),
+    "an unlisted 2 GB file": (lambda w, t: add(sent(w, t), "big.bin", sparse), r"big\.bin"),
+    "an unlisted folder": (lambda w, t: add(sent(w, t), "extra", Path.mkdir), r"extra"),
+    # The listed files.
+    "the predictions as a link": (
+        lambda w, t: _linked_predictions(sent(w, t)),
+        r"symbolic link",
+    ),
+    "the predictions truncated": (
+        lambda w, t: _truncate(predictions(sent(w, t))),
+        r"size|truncated|sha256|hash|changed",
+    ),
+    "a byte flipped, hashes recomputed": (
+        lambda w, t: rehash(_flipped(sent(w, t))),
+        r"signature|signed",
+    ),
+    "the predictions missing": (
+        lambda w, t: _without(sent(w, t), predictions),
+        r"lacks|missing|predictions",
+    ),
+    "the predictions a 2 GB file": (
+        lambda w, t: _sparse_predictions(sent(w, t)),
+        r"2,147,483,648 bytes but the manifest says",
+    ),
+    # The manifest.
+    "no manifest": (lambda w, t: _without(sent(w, t), lambda d: d / MANIFEST), r"manifest"),
+    "a manifest that is not JSON": (
+        lambda w, t: _write(sent(w, t), MANIFEST, b"{not json"),
+        r"manifest",
+    ),
+    "a 2 GB manifest": (
+        lambda w, t: add(_without(sent(w, t), lambda d: d / MANIFEST), MANIFEST, sparse),
+        r"manifest.*(larger than|too large|bytes)",
+    ),
+    "a manifest with an extra field": (
+        lambda w, t: edit_manifest(sent(w, t), payload={"x": 1}),
+        r"payload",
+    ),
+    "a manifest of another kind": (
+        lambda w, t: edit_manifest(sent(w, t), kind="submission"),
+        r"submission|kind",
+    ),
+    "a manifest of a future format": (
+        lambda w, t: edit_manifest(sent(w, t), format_version=99),
+        r"format|version",
+    ),
+    "a manifest naming another model": (
+        lambda w, t: edit_manifest(sent(w, t), model="b-ridge"),
+        r"b-ridge|signature|signed",
+    ),
+    "a manifest naming another key set": (
+        lambda w, t: edit_manifest(sent(w, t), key_set_id="0" * 32),
+        r"key set|key_set",
+    ),
+    "a manifest naming another bundle": (
+        lambda w, t: edit_manifest(sent(w, t), bundle_sha256="0" * 64),
+        r"bundle",
+    ),
+    "a manifest with 10**18 batches": (
+        lambda w, t: edit_manifest(sent(w, t), n_batches=10**18),
+        r"batch",
+    ),
+    "a manifest with 1e308 rows": (
+        lambda w, t: edit_manifest(sent(w, t), n_rows=1e308),
+        r"n_rows|rows",
+    ),
+    "a manifest listing a path outside the folder": (
+        lambda w, t: _list_outside(sent(w, t), "../../keys/fund_signing_key.pem"),
+        r"fund_signing_key|file name|path",
+    ),
+    "a manifest listing an absolute path": (
+        lambda w, t: _list_outside(sent(w, t), "/etc/passwd"),
+        r"/etc/passwd|file name|path",
+    ),
+    # The signature.
+    "no signature": (lambda w, t: _without(sent(w, t), lambda d: d / SIGNATURE), r"signature|sig"),
+    "a signature of zeros": (
+        lambda w, t: _write(sent(w, t), SIGNATURE, bytes(64)),
+        r"signature|signed",
+    ),
+    "a 2 GB signature": (
+        lambda w, t: add(_without(sent(w, t), lambda d: d / SIGNATURE), SIGNATURE, sparse),
+        r"larger than|too large|signature|bytes",
+    ),
+    "signed by another participant": (
+        lambda w, t: _signed_by(sent(w, t), w.identities["bob"]),
+        r"signed by 'bob'",
+    ),
+    # The folder itself.
+    "a file, not a folder": (lambda w, t: predictions(sent(w, t)), r"is not a folder"),
+    "a link to the folder": (
+        lambda w, t: (t / "link").symlink_to(sent(w, t)) or t / "link",
+        r"is a symbolic link; give a .* folder itself",
+    ),
+    "a FIFO, not a folder": (lambda w, t: fifo(t / "pipe"), r"is not a folder"),
+    "missing": (lambda w, t: t / "nothing-here", r"does not exist \(a bundle or submission folder"),
+}
+
+
+def _linked_predictions(directory: Path) -> Path:
+    listed = predictions(directory)
+    moved = listed.with_name("elsewhere.bin")
+    listed.rename(moved)
+    listed.symlink_to(moved)
+    moved.rename(directory.parent / "elsewhere.bin")
+    listed.unlink()
+    listed.symlink_to(directory.parent / "elsewhere.bin")
+    return directory
+
+
+def _truncate(path: Path) -> Path:
+    path.write_bytes(path.read_bytes()[:-1000])
+    return path.parent
+
+
+def _flipped(directory: Path) -> Path:
+    flip_byte(predictions(directory))
+    return directory
+
+
+def _without(directory: Path, which: Callable[[Path], Path]) -> Path:
+    which(directory).unlink()
+    return directory
+
+
+def _sparse_predictions(directory: Path) -> Path:
+    path = predictions(directory)
+    path.unlink()
+    sparse(path)
+    return directory
+
+
+def _write(directory: Path, name: str, data: bytes) -> Path:
+    (directory / name).write_bytes(data)
+    return directory
+
+
+def _list_outside(directory: Path, name: str) -> Path:
+    manifest = json.loads((directory / MANIFEST).read_text())
+    manifest["files"][name] = {"sha256": "0" * 64, "size": 10}
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    return directory
+
+
+def _signed_by(directory: Path, key: Path) -> Path:
+    (directory / SIGNATURE).unlink()
+    sign_directory(directory, load_private_key(key))
+    return directory
+
+
+@pytest.mark.fhe
+@pytest.mark.parametrize("make, refusal", SUBMISSION_CASES.values(), ids=SUBMISSION_CASES)
+def test_receive_refuses_a_tampered_or_strange_submission(round_world, tmp_path, make, refusal):
+    refused(
+        round_world, round_world.fund_command("receive", "r1", make(round_world, tmp_path)), refusal
+    )
+
+
+@pytest.mark.fhe
+def test_receive_refuses_a_resend_another_round_or_an_unknown_one(round_world, tmp_path):
+    world = round_world
+    refused(
+        world,
+        world.fund_command("receive", "r1", sent(world, tmp_path, "b-ridge")),
+        r"received already",
+    )
+    refused(
+        world,
+        world.fund_command("receive", "r2", sent(world, tmp_path / "..", "a-lin")),
+        r"answers round 'r1'",
+    )
+    refused(world, world.fund_command("receive", "r404", world.submissions["a-lin"]), r"r404")
+
+
+# --- score: the operator's targets -------------------------------------------------------------
+
+
+def targets_file(world: World, tmp: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> Path:
+    path = tmp / "targets.parquet"
+    edit(pd.read_parquet(world.paths["live_targets"])).to_parquet(path)
+    return path
+
+
+TARGET_CASES: dict[str, tuple[Callable[[World, Path], Path], str]] = {
+    "missing": (lambda w, t: t / "none.parquet", r"does not exist|no such|not found"),
+    "a FIFO": (lambda w, t: fifo(t / "targets.parquet"), r"not a regular file"),
+    "a CSV named .parquet": (
+        lambda w, t: (
+            (t / "targets.parquet").write_text("id,target\na,0.5\n") and t / "targets.parquet"
+        ),
+        r"parquet",
+    ),
+    "a 2 GB file": (lambda w, t: sparse(t / "targets.parquet"), r"larger than|too large|parquet"),
+    "no target column": (
+        lambda w, t: targets_file(w, t, lambda f: f.drop(columns="target")),
+        r"no column \['target'\]",
+    ),
+    "all NaN": (
+        lambda w, t: targets_file(w, t, lambda f: f.assign(target=float("nan"))),
+        r"unresolved \(NaN\)",
+    ),
+    "outside the buckets": (
+        lambda w, t: targets_file(w, t, lambda f: f.assign(target=f["target"] * 100 - 50)),
+        r"outside the buckets",
+    ),
+    "duplicate ids": (
+        lambda w, t: targets_file(w, t, lambda f: pd.concat([f, f.iloc[:2]])),
+        r"more than once",
+    ),
+    "another round's ids": (
+        lambda w, t: targets_file(w, t, lambda f: f.set_axis([f"x{i}" for i in range(len(f))])),
+        r"have no row",
+    ),
+}
+
+
+@pytest.mark.fhe
+@pytest.mark.parametrize("make, refusal", TARGET_CASES.values(), ids=TARGET_CASES)
+def test_score_refuses_bad_targets_before_writing_anything(round_world, tmp_path, make, refusal):
+    world = round_world
+    args = world.fund_command(
+        "score",
+        "r1",
+        "--live",
+        world.paths["live"],
+        "--targets",
+        make(world, tmp_path),
+        "--close-now",
+    )
+    refused(world, args, refusal)
+
+
+@pytest.mark.fhe
+def test_score_refuses_an_open_round_unless_told_to_close_it(round_world):
+    world = round_world
+    args = world.fund_command(
+        "score", "r1", "--live", world.paths["live"], "--targets", world.paths["live_targets"]
+    )
+    refused(world, args, r"--close-now")
+
+
+@pytest.mark.fhe
+def test_open_round_refuses_a_round_that_exists(round_world):
+    refused(
+        round_world,
+        round_world.fund_command("open-round", "r1", "--live", round_world.paths["live"]),
+        r"r1",
+    )
