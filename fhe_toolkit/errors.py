@@ -85,6 +85,23 @@ class RowsCrashedError(EngineError):
         )
 
 
+class PackedError(FheToolkitError, ValueError):
+    """A packed-round input refused (parameters, keys, ciphertexts, weights or outputs)."""
+
+
+class VerificationError(PackedError):
+    """Decrypted outputs refused by :meth:`~fhe_toolkit.fhe.glwe.LinearVerifier.verify`.
+
+    The message names the reason only and may be told to the participant. Which rows failed,
+    and the decrypted values, stay in :attr:`detail` for the fund's own log: a participant who
+    submits crafted ciphertexts would read key bits from them (see :mod:`fhe_toolkit.fhe.glwe`).
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.detail = detail
+
+
 # --- the two roles and the fund's records ----------------------------------------------------
 class ParticipantError(FheToolkitError, ValueError):
     """A participant-side step that cannot go ahead as asked."""
@@ -108,3 +125,21 @@ class LeaderboardError(FheToolkitError, ValueError):
 
 class ReportError(FheToolkitError, ValueError):
     """A report that cannot be written (nothing to show yet, or an unwritable path)."""
+
+
+# --- the fund's service ------------------------------------------------------------------------
+class ServiceError(FheToolkitError, RuntimeError):
+    """The fund's service refused a request, or could not be reached; the message says which
+    and what to do. ``status`` is the HTTP status the service answers with (``None`` when it
+    did not answer); ``headers`` go with that answer (e.g. ``Retry-After``)."""
+
+    def __init__(
+        self, message: str, status: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+class ArchiveError(FheToolkitError, ValueError):
+    """An uploaded archive that is not a plain tar of regular files with plain names."""

@@ -17,6 +17,18 @@ STYLE = """
 """
 
 
+def styled(
+    figure: go.Figure, title: str, x: str, y: str, *, height: int, legend_y: float
+) -> go.Figure:
+    """``figure`` with its title, axis titles, and the reports' look: white, ``height`` pixels
+    tall, the legend in a row below the plot at ``legend_y``."""
+    figure.update_layout(
+        title=title, xaxis_title=x, yaxis_title=y, template="plotly_white", height=height,
+        margin={"l": 60, "r": 20, "t": 50, "b": 50}, legend={"orientation": "h", "y": legend_y},
+    )  # fmt: skip
+    return figure
+
+
 def chart_grid(charts: dict[str, go.Figure]) -> str:
     """The charts, each in its own element (id: its key), in the page's grid."""
     sections = "\n".join(

@@ -25,6 +25,14 @@ def chromium() -> str:
     return found
 
 
+def self_contained(page: Path) -> str:
+    """The page's HTML, once checked to fetch nothing: no script, stylesheet or image with a
+    ``src`` or ``href``."""
+    html = page.read_text()
+    assert re.findall(r"<(?:script|link|img)[^>]+(?:src|href)=", html) == []
+    return html
+
+
 def assert_charts_drawn(page: Path, charts: Sequence[str], profile: Path) -> None:
     """Open ``page`` offline and check that plotly.js drew every chart (by element id)."""
     result = subprocess.run(

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fhe_toolkit.data import SynthConfig, load_features_json, load_tournament, synthesize
+from fhe_toolkit.data import SynthConfig
 from fhe_toolkit.errors import (
     FundError,
     KeyStoreError,
@@ -28,10 +28,9 @@ from fhe_toolkit.errors import (
     RunError,
 )
 from fhe_toolkit.fhe.checkpoint import Checkpoint
-from fhe_toolkit.fund import Fund, fund_benchmark
+from fhe_toolkit.fund import fund_benchmark
 from fhe_toolkit.participant import (
     compile_model,
-    export_model,
     run_bundle,
     train_model,
 )
@@ -51,7 +50,7 @@ from fhe_toolkit.protocol.signing import (
     sign_directory,
 )
 from fhe_toolkit.registry import SubmissionStatus
-from tests.identities import enroll
+from tests.funds import register, small_fund
 
 pytestmark = pytest.mark.fhe
 
@@ -68,24 +67,25 @@ ID = {name: (lambda world, name=name: world["identities"][name]) for name in MOD
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("round")
-    paths = synthesize(root / "data", CONFIG)
-    train = load_tournament(paths["train"])
-    live = load_tournament(paths["live"])
-    features = load_features_json(paths["features"]).features("small")
-    fund = Fund(root / "fund", root / "keys")
-    models, identities = {}, {}
+    owners = {name: f"owner-of-{name}" for name in MODELS}
+    made = small_fund(tmp_path_factory.mktemp("round"), CONFIG, owners.values(), "small")
+    root, train, fund = made.root, made.train, made.fund
+    identities = {name: made.identities[owner] for name, owner in owners.items()}
+    models = {}
     for name, (family, params, target) in MODELS.items():
         # Compiled circuits all: this file is the per-model path (test_packed_round.py: packed).
         model = train_model(
-            train, family=family, features=features, params=params, target=target, packed=False
+            train,
+            family=family,
+            features=made.features,
+            params=params,
+            target=target,
+            packed=False,
         )
         compile_model(model, train)
-        export_model(model, root / name, name)
-        identities[name] = enroll(fund, root, f"owner-of-{name}")
-        fund.register(root / name / "model_spec.json", participant=f"owner-of-{name}", stake=10.0)
+        register(fund, model, root / name, owners[name])
         models[name] = model
-    bundles = fund.open_round("r1", live)
+    bundles = fund.open_round("r1", made.live)
     pristine = root / "pristine"
     for name, bundle in bundles.items():
         shutil.copytree(bundle, pristine / name)
@@ -101,7 +101,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
         for name in MODELS
     }
     return {
-        "root": root, "paths": paths, "train": train, "live": live, "fund": fund,
+        "root": root, "paths": made.paths, "train": train, "live": made.live, "fund": fund,
         "models": models, "bundles": pristine, "submissions": submissions,
         "identities": identities,
     }  # fmt: skip

@@ -8,12 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from fhe_toolkit.errors import PackedError, VerificationError
 from fhe_toolkit.fhe import glwe
 from fhe_toolkit.fhe.glwe import (
     LinearVerifier,
-    PackedError,
     PackedParams,
-    VerificationError,
     choose_params,
     verify_linear,
 )

@@ -4,7 +4,6 @@ rule as applied round by round, the command line, and the report drawn in Chromi
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 import pandas as pd
@@ -23,7 +22,7 @@ from fhe_toolkit.lab import (
     write_outputs,
 )
 from fhe_toolkit.lab.report import CHARTS
-from tests.browser import assert_charts_drawn
+from tests.browser import assert_charts_drawn, self_contained
 from tests.cli_runner import cli, ok
 
 SMALL = LabConfig(
@@ -247,8 +246,7 @@ def report(result, tmp_path_factory):
 
 
 def test_the_report_is_self_contained(report):
-    page = report.read_text()
-    assert re.findall(r"<(?:script|link|img)[^>]+(?:src|href)=", page) == []
+    page = self_contained(report)
     assert "Per archetype" in page and "meta_copy_exact" in page
 
 

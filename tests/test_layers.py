@@ -7,10 +7,14 @@ pyproject.toml) checked by ``lint-imports``:
 
 A second test copies the same contracts onto a throwaway package that breaks each of them with
 an import inside a function, so a contract that silently checks nothing would fail here.
+
+The last tests keep the error hierarchy in one place: every exception class of the package is
+defined in ``fhe_toolkit/errors.py``, under the one root ``FheToolkitError``.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -132,3 +136,63 @@ def test_each_contract_fires_on_a_package_that_breaks_it(tmp_path):
         assert edge in output, f"{edge!r} not reported:\n{output}"
     # protocol reaches concrete only through fhe: indirect imports count too.
     assert "layer_probe.fhe.engine -> concrete (l.1)" in output, output
+
+
+ERRORS = f"{PACKAGE}/errors.py"
+NOT_RAISED_BY_THE_TOOLKIT = {
+    # How the command line prints a toolkit error (a click exception that exits with status 2).
+    f"{PACKAGE}/cli/__init__.py": {"ToolkitClickError"},
+}
+
+
+def exception_classes() -> dict[str, set[str]]:
+    """File → the classes it defines that derive from an exception: from a base named
+    ``...Error``, ``...Exception`` or ``...Exit``, or from a class found so (to a fixpoint)."""
+    classes = {
+        str(path.relative_to(ROOT)): [
+            node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ClassDef)
+        ]
+        for path in sorted((ROOT / PACKAGE).rglob("*.py"))
+    }
+    known: set[str] = set()
+    while True:
+        found = {
+            name: {
+                node.name
+                for node in nodes
+                if any(
+                    base.endswith(("Error", "Exception", "Exit")) or base in known
+                    for base in (ast.unparse(b).rsplit(".", 1)[-1] for b in node.bases)
+                )
+            }
+            for name, nodes in classes.items()
+        }
+        found = {name: names for name, names in found.items() if names}
+        names = set().union(*found.values())
+        if names == known:
+            return found
+        known = names
+
+
+def test_every_error_class_is_defined_in_errors_py():
+    from fhe_toolkit import errors
+
+    found = exception_classes()
+    defined = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and value.__module__ == errors.__name__
+    }
+    assert found.pop(ERRORS) == defined  # the scan sees every class of errors.py
+    assert found == NOT_RAISED_BY_THE_TOOLKIT, (
+        "define these errors in fhe_toolkit/errors.py (under FheToolkitError) and import them "
+        f"from there: {found}"
+    )
+
+
+def test_the_error_hierarchy_has_one_root():
+    from fhe_toolkit import errors
+
+    for value in vars(errors).values():
+        if isinstance(value, type) and value.__module__ == errors.__name__:
+            assert issubclass(value, errors.FheToolkitError), value

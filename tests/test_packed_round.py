@@ -16,12 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fhe_toolkit.data import SynthConfig, load_features_json, load_tournament, synthesize
+from fhe_toolkit.data import SynthConfig
 from fhe_toolkit.errors import FundError, ParticipantError, RegistryError
 from fhe_toolkit.fhe.checkpoint import Checkpoint
 from fhe_toolkit.fhe.packed import CHUNK_ROWS, PACKED_KEYS, MultiplyTask
-from fhe_toolkit.fund import Fund
-from fhe_toolkit.participant import export_model, run_bundle, train_model
+from fhe_toolkit.participant import run_bundle, train_model
 from fhe_toolkit.participant.model import WEIGHTS_FILE
 from fhe_toolkit.participant.outputs import CHECKPOINT
 from fhe_toolkit.protocol.artifacts import (
@@ -38,7 +37,7 @@ from fhe_toolkit.protocol.artifacts import (
 from fhe_toolkit.protocol.manifest import MANIFEST
 from fhe_toolkit.protocol.modelspec import LinearSpec, load_spec
 from fhe_toolkit.protocol.signing import load_private_key, sign_directory
-from tests.identities import enroll
+from tests.funds import register, small_fund
 
 pytestmark = pytest.mark.fhe
 
@@ -56,23 +55,19 @@ MODELS = {
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("packed")
-    paths = synthesize(root / "data", CONFIG)
-    train = load_tournament(paths["train"])
-    live = load_tournament(paths["live"])
-    features = load_features_json(paths["features"]).features("all")
-    fund = Fund(root / "fund", root / "keys")
-    identities = {who: enroll(fund, root, who) for who in ("alice", "bob")}
+    made = small_fund(tmp_path_factory.mktemp("packed"), CONFIG, ("alice", "bob"))
+    root, fund = made.root, made.fund
     models = {}
     for name, (owner, family, columns, params) in MODELS.items():
-        model = train_model(train, family=family, features=features[columns], params=params)
-        export_model(model, root / name, name)
-        fund.register(root / name / "model_spec.json", participant=owner, stake=10.0)
+        model = train_model(
+            made.train, family=family, features=made.features[columns], params=params
+        )
+        register(fund, model, root / name, owner)
         models[name] = model
-    opened = fund.open_round("r1", live)
+    opened = fund.open_round("r1", made.live)
     return {
-        "root": root, "fund": fund, "live": live, "models": models, "opened": opened,
-        "identities": identities, "paths": paths,
+        "root": root, "fund": fund, "live": made.live, "models": models, "opened": opened,
+        "identities": made.identities, "paths": made.paths,
     }  # fmt: skip
 
 

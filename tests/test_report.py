@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from fhe_toolkit.errors import ReportError
 from fhe_toolkit.fund.report import write_report
 from fhe_toolkit.registry import Registry
-from tests.browser import assert_charts_drawn
+from tests.browser import assert_charts_drawn, self_contained
 from tests.tournament_records import play_round, registry_with_models
 
 CHARTS = (
@@ -30,8 +28,7 @@ def report(tmp_path):
 
 
 def test_the_report_is_self_contained(report):
-    page = report.read_text()
-    assert re.findall(r"<(?:script|link|img)[^>]+(?:src|href)=", page) == []
+    page = self_contained(report)
     assert "m-a" in page and "Leaderboard" in page
 
 

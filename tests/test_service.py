@@ -31,9 +31,8 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from fhe_toolkit.data import SynthConfig, load_features_json, load_tournament, synthesize
-from fhe_toolkit.fund import Fund
-from fhe_toolkit.participant import export_model, run_bundle, train_model
+from fhe_toolkit.data import SynthConfig
+from fhe_toolkit.participant import run_bundle, train_model
 from fhe_toolkit.participant.client import FundClient
 from fhe_toolkit.protocol.artifacts import PACKED_ROUND, open_artifact
 from fhe_toolkit.protocol.signing import load_private_key, verify_directory
@@ -46,7 +45,7 @@ from fhe_toolkit.service.wire import (
 )
 from tests.browser import CHROMIUM_FLAGS
 from tests.cli_runner import cli, ok
-from tests.identities import enroll
+from tests.funds import register, small_fund
 
 pytestmark = pytest.mark.fhe
 
@@ -61,20 +60,15 @@ TIMEOUT = 60.0
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """A fund with alice (a-lin), bob (b-lin) and carol (no model), and rounds r1..r3 open."""
-    root = tmp_path_factory.mktemp("service")
-    paths = synthesize(root / "data", CONFIG)
-    train, live = load_tournament(paths["train"]), load_tournament(paths["live"])
-    features = load_features_json(paths["features"]).features("all")
-    fund = Fund(root / "fund", root / "keys")
-    identities = {who: enroll(fund, root, who) for who in ("alice", "bob", "carol")}
+    made = small_fund(tmp_path_factory.mktemp("service"), CONFIG, ("alice", "bob", "carol"))
+    root, fund = made.root, made.fund
     for name, (owner, columns) in MODELS.items():
-        model = train_model(train, family="linear", features=features[columns])
-        export_model(model, root / name, name)
-        fund.register(root / name / "model_spec.json", participant=owner, stake=10.0)
+        model = train_model(made.train, family="linear", features=made.features[columns])
+        register(fund, model, root / name, owner)
     for round_id in ("r1", "r2", "r3"):
-        fund.open_round(round_id, live)
+        fund.open_round(round_id, made.live)
     return SimpleNamespace(
-        root=root, fund=fund, live=live, paths=paths, identities=identities,
+        root=root, fund=fund, live=made.live, paths=made.paths, identities=made.identities,
         fund_key=fund.public_key(), service=root / "fund" / "service",
     )  # fmt: skip
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fhe_toolkit.errors import RegistryError
+from fhe_toolkit.errors import ArchiveError, RegistryError, ServiceError
 from fhe_toolkit.registry import Registry
 from fhe_toolkit.registry.records import UploadStatus
 from fhe_toolkit.registry.store import ServiceStore
-from fhe_toolkit.service.app import RateLimiter, Refusal, parse_range
+from fhe_toolkit.service.app import RateLimiter, parse_range
 from fhe_toolkit.service.config import Limits, ServiceConfig
 from fhe_toolkit.service.nonces import NonceStore
 from fhe_toolkit.service.wire import (
@@ -25,8 +25,6 @@ from fhe_toolkit.service.wire import (
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
     MAX_ARCHIVE_MEMBERS,
-    ArchiveError,
-    ServiceError,
     SignedFields,
     pack_directory,
     sign_request,
@@ -200,7 +198,7 @@ def test_the_rate_limit_is_per_participant_over_a_sliding_minute():
     for second in range(3):
         limiter.check("alice", now=100.0 + second)
     limiter.check("bob", now=102.5)
-    with pytest.raises(Refusal, match="more than 3 requests") as caught:
+    with pytest.raises(ServiceError, match="more than 3 requests") as caught:
         limiter.check("alice", now=130.0)
     assert caught.value.status == 429 and caught.value.headers == {"Retry-After": "30"}
     limiter.check("alice", now=160.0)  # the first request is a minute old

@@ -11,7 +11,13 @@ import pandas as pd
 
 from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
 from fhe_toolkit.cli.display import print_frame
-from fhe_toolkit.cli.options import features_json_option, out_dir_option
+from fhe_toolkit.cli.options import (
+    data_option,
+    default_option,
+    features_json_option,
+    out_dir_option,
+    synthetic_data_options,
+)
 from fhe_toolkit.data import (
     SynthConfig,
     load_features_json,
@@ -30,42 +36,17 @@ def data() -> None:
 
 @data.command("synth")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--train-eras", default=SynthConfig.train_eras, show_default=True)
-@click.option("--validation-eras", default=SynthConfig.validation_eras, show_default=True)
-@click.option("--live-eras", default=SynthConfig.live_eras, show_default=True)
-@click.option(
-    "--embargo-eras",
-    default=SynthConfig.embargo_eras,
-    show_default=True,
-    help="Eras left out between train, validation and live (targets overlap).",
-)
-@click.option("--rows-per-era", default=SynthConfig.rows_per_era, show_default=True)
-@click.option(
-    "--features",
-    "n_features",
-    default=SynthConfig.n_features,
-    show_default=True,
-    help="Number of feature columns (Numerai v5: 2748).",
-)
-@click.option(
-    "--groups",
-    "n_groups",
-    default=SynthConfig.n_groups,
-    show_default=True,
-    help="Feature groups (correlated blocks).",
-)
-@click.option(
-    "--noise",
-    default=SynthConfig.noise,
-    show_default=True,
-    help="Target noise; signal has unit variance. Higher means harder.",
-)
-@click.option(
-    "--regime-length",
-    default=SynthConfig.regime_length,
-    show_default=True,
-    help="Mean number of eras a sign regime lasts (the regime-flipping features switch sign "
-    "between regimes). At least 1.",
+@default_option("--train-eras", SynthConfig)
+@default_option("--validation-eras", SynthConfig)
+@default_option("--live-eras", SynthConfig)
+@synthetic_data_options(
+    SynthConfig,
+    embargo_eras="Eras left out between train, validation and live (targets overlap).",
+    n_features="Number of feature columns (Numerai v5: 2748).",
+    n_groups="Feature groups (correlated blocks).",
+    noise="Target noise; signal has unit variance. Higher means harder.",
+    regime_length="Mean number of eras a sign regime lasts (the regime-flipping features switch "
+    "sign between regimes). At least 1.",
 )
 @click.option(
     "--regime-column/--no-regime-column",
@@ -74,7 +55,7 @@ def data() -> None:
     help="Also write each era's regime (+1 / -1) as a 'regime' column, live rows included: "
     "for studies (e.g. `fhe-toolkit simulate --data`), not for files handed to participants.",
 )
-@click.option("--seed", default=SynthConfig.seed, show_default=True)
+@default_option("--seed", SynthConfig)
 @friendly_errors
 def data_synth(out_dir: Path, **settings: Any) -> None:
     """Write a synthetic Numerai-format tournament to OUT_DIR.
@@ -119,13 +100,7 @@ def data_validate(path: Path, feature_set: str | None, features_json: Path | Non
 
 @click.command("score")
 @click.argument("predictions_path", metavar="PREDICTIONS", type=click.Path(path_type=Path))
-@click.option(
-    "--data",
-    "data_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Numerai-format parquet with era, target and features for the predicted ids.",
-)
+@data_option("Numerai-format parquet with era, target and features for the predicted ids.")
 @click.option("--target", default="target", show_default=True)
 @click.option(
     "--meta-model",

@@ -14,6 +14,51 @@ from fhe_toolkit.fhe.engine import parse_scheduler
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
+def default_option(
+    flag: str, defaults: object, help: str | None = None, *, name: str | None = None
+) -> Decorator:
+    """``flag``, with its default (shown in --help) read from ``defaults``: its field of the
+    flag's name (``--rows-per-era``: ``rows_per_era``), or ``name``, the parameter's name."""
+    field = name or flag.removeprefix("--").replace("-", "_")
+    return click.option(flag, field, default=getattr(defaults, field), show_default=True, help=help)
+
+
+SYNTHETIC_DATA = (
+    ("--embargo-eras", "embargo_eras"),
+    ("--rows-per-era", "rows_per_era"),
+    ("--features", "n_features"),
+    ("--groups", "n_groups"),
+    ("--noise", "noise"),
+    ("--regime-length", "regime_length"),
+)
+
+
+def synthetic_data_options(defaults: object, **help: str) -> Decorator:
+    """The shape of a synthetic tournament (``data synth``, ``simulate``): --embargo-eras,
+    --rows-per-era, --features, --groups, --noise and --regime-length, with ``defaults``'
+    values; ``help`` by parameter name."""
+    unknown = set(help) - {name for _, name in SYNTHETIC_DATA}
+    if unknown:
+        raise TypeError(f"no synthetic data option is named {sorted(unknown)}")
+    options = [
+        default_option(flag, defaults, help.get(name), name=name) for flag, name in SYNTHETIC_DATA
+    ]
+
+    def apply(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):  # click lists options in the order they are written
+            command = option(command)
+        return command
+
+    return apply
+
+
+def data_option(help: str, *, required: bool = True) -> Decorator:
+    """``--data FILE``: Numerai-format rows, passed as ``data_path``."""
+    return click.option(
+        "--data", "data_path", required=required, type=click.Path(path_type=Path), help=help
+    )
+
+
 def out_dir_option(help: str, *, required: bool = True, default: str | None = None) -> Decorator:
     """``--out DIR``, passed as ``out_dir``."""
     return click.option(

@@ -8,7 +8,12 @@ import click
 
 from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
 from fhe_toolkit.cli.display import print_frame
-from fhe_toolkit.cli.options import out_dir_option
+from fhe_toolkit.cli.options import (
+    data_option,
+    default_option,
+    out_dir_option,
+    synthetic_data_options,
+)
 from fhe_toolkit.lab import ARCHETYPES, DEFAULT_ACCOUNTS, LabConfig, PayoutRule, run_lab
 from fhe_toolkit.lab import write_outputs as write_lab_outputs
 from fhe_toolkit.scoring import COMBINE_METHODS
@@ -44,47 +49,25 @@ def _accounts(given: tuple[str, ...]) -> dict[str, int]:
 
 @click.command("simulate")
 @out_dir_option("Write summary.csv, rounds.csv, methods.csv, claims.csv, report.html ... here.")
-@click.option(
-    "--data",
-    "data_path",
-    type=click.Path(path_type=Path),
-    help="Play the fund's own eras from this Numerai-format parquet (era, feature_*, target; "
+@data_option(
+    "Play the fund's own eras from this Numerai-format parquet (era, feature_*, target; "
     "a 'regime' column is used if present) instead of synthetic data: the last --rounds eras "
     "are played, the --train-eras before them train the models.",
+    required=False,
 )
-@click.option("--rounds", default=DEFAULTS.rounds, show_default=True, help="Rounds (eras) played.")
-@click.option(
-    "--train-eras",
-    default=DEFAULTS.train_eras,
-    show_default=True,
-    help="Eras the models train on.",
+@default_option("--rounds", DEFAULTS, "Rounds (eras) played.")
+@default_option("--train-eras", DEFAULTS, "Eras the models train on.")
+@synthetic_data_options(
+    DEFAULTS,
+    embargo_eras="Eras skipped between training and the first round.",
+    noise="Synthetic target noise against a signal of unit spread (12: CORR near 0.05).",
+    regime_length="Mean eras a synthetic sign regime lasts.",
 )
-@click.option(
-    "--embargo-eras", default=DEFAULTS.embargo_eras, show_default=True,
-    help="Eras skipped between training and the first round.",
-)  # fmt: skip
-@click.option("--rows-per-era", default=DEFAULTS.rows_per_era, show_default=True)
-@click.option("--features", "n_features", default=DEFAULTS.n_features, show_default=True)
-@click.option("--groups", "n_groups", default=DEFAULTS.n_groups, show_default=True)
-@click.option(
-    "--noise", default=DEFAULTS.noise, show_default=True,
-    help="Synthetic target noise against a signal of unit spread (12: CORR near 0.05).",
-)  # fmt: skip
-@click.option(
-    "--regime-length", default=DEFAULTS.regime_length, show_default=True,
-    help="Mean eras a synthetic sign regime lasts.",
-)  # fmt: skip
-@click.option("--seed", default=DEFAULTS.seed, show_default=True)
-@click.option(
-    "--corr-weight", default=RULE.corr_weight, show_default=True,
-    help="Weight of CORR in the payout score; 0 pays on MMC only.",
-)  # fmt: skip
-@click.option("--mmc-weight", default=RULE.mmc_weight, show_default=True)
-@click.option(
-    "--clip", default=RULE.clip, show_default=True,
-    help="A round pays or burns at most this share of the stake.",
-)  # fmt: skip
-@click.option("--payout-factor", default=RULE.payout_factor, show_default=True)
+@default_option("--seed", DEFAULTS)
+@default_option("--corr-weight", RULE, "Weight of CORR in the payout score; 0 pays on MMC only.")
+@default_option("--mmc-weight", RULE)
+@default_option("--clip", RULE, "A round pays or burns at most this share of the stake.")
+@default_option("--payout-factor", RULE)
 @click.option(
     "--multipliers", default="1", show_default=True,
     help="Per-round payout multipliers, comma-separated, repeated over the rounds (e.g. 1,1,2).",
@@ -101,15 +84,17 @@ def _accounts(given: tuple[str, ...]) -> dict[str, int]:
     "--compare/--no-compare", default=True, show_default=True,
     help="Also play the other meta-model methods (methods.csv).",
 )  # fmt: skip
-@click.option(
-    "--reputation-threshold", default=DEFAULTS.reputation_threshold, show_default=True,
-    help="reputation_filtered: the mean payout score of the latest rounds a model needs.",
-)  # fmt: skip
-@click.option("--reputation-rounds", default=DEFAULTS.reputation_rounds, show_default=True)
-@click.option(
-    "--cluster-threshold", default=DEFAULTS.cluster_threshold, show_default=True,
-    help="cluster_capped: |correlation| at which two submissions are one forecast.",
-)  # fmt: skip
+@default_option(
+    "--reputation-threshold",
+    DEFAULTS,
+    "reputation_filtered: the mean payout score of the latest rounds a model needs.",
+)
+@default_option("--reputation-rounds", DEFAULTS)
+@default_option(
+    "--cluster-threshold",
+    DEFAULTS,
+    "cluster_capped: |correlation| at which two submissions are one forecast.",
+)
 @click.option(
     "--cluster-cap", type=float, default=None,
     help="cluster_capped: cap a cluster at this share of all stakes (default: at its largest "

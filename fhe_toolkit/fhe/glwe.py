@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from fhe_toolkit.errors import FheToolkitError
+from fhe_toolkit.errors import PackedError, VerificationError
 
 SCHEME = "glwe-matmul-v1"
 POLYNOMIAL_SIZE = 2048
@@ -75,23 +75,6 @@ MIN_INPUT_STORAGE_BITS = 24
 KS_LEVELS = (2, 3, 4)  # each level adds 67 MB of compression key and one key-switch pass
 MAX_FEATURES = 1 << 16  # sanity caps: published parameters size every layout check
 MAX_WEIGHT_BOUND = 1 << 31
-
-
-class PackedError(FheToolkitError, ValueError):
-    """A packed-round input refused (parameters, keys, ciphertexts, weights or outputs)."""
-
-
-class VerificationError(PackedError):
-    """Decrypted outputs refused by :meth:`LinearVerifier.verify`.
-
-    The message names the reason only and may be told to the participant. Which rows failed,
-    and the decrypted values, stay in :attr:`detail` for the fund's own log: a participant who
-    submits crafted ciphertexts would read key bits from them (module docstring).
-    """
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason)
-        self.detail = detail
 
 
 def _round_var(storage_bits: int) -> float:

@@ -24,12 +24,11 @@ from typing import Any
 import numpy as np
 
 from fhe_toolkit.data.schema import FEATURE_VALUES
-from fhe_toolkit.errors import FundError, KeyStoreError
+from fhe_toolkit.errors import FundError, KeyStoreError, PackedError
 from fhe_toolkit.fhe.engine import Blob, read_bytes
 from fhe_toolkit.fhe.glwe import (
     CompressionKey,
     LinearVerifier,
-    PackedError,
     PackedParams,
     RoundKey,
     choose_params,

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fhe_toolkit.errors import FundError, IdentityError, RowsCrashedError
+from fhe_toolkit.errors import FundError, IdentityError, PackedError, RowsCrashedError
 from fhe_toolkit.fhe.codecs import LinearCodec, SpecCodec
 from fhe_toolkit.fhe.engine import RowFailure, run_rows
-from fhe_toolkit.fhe.glwe import PackedError, RoundKey, decrypt_chunk
+from fhe_toolkit.fhe.glwe import RoundKey, decrypt_chunk
 from fhe_toolkit.fhe.keystore import SPECS, KeyStore
 from fhe_toolkit.fhe.packed import (
     PACKED_KEYS,

@@ -8,6 +8,7 @@ model and with the others; with the leaderboard on top.
 from __future__ import annotations
 
 import html
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -15,9 +16,11 @@ import plotly.graph_objects as go
 
 from fhe_toolkit.errors import ReportError
 from fhe_toolkit.fund.leaderboard import leaderboard
-from fhe_toolkit.html_page import chart_grid, page
+from fhe_toolkit.html_page import chart_grid, page, styled
 from fhe_toolkit.protocol.files import write_atomic
 from fhe_toolkit.registry import Registry, RoundStatus
+
+_styled = partial(styled, height=380, legend_y=-0.2)
 
 
 def write_report(registry: Registry, path: str | Path) -> Path:
@@ -102,14 +105,6 @@ def _correlations(correlations: pd.DataFrame) -> go.Figure:
     )  # fmt: skip
     title = f"Prediction correlations (Spearman), round {latest['round'].iloc[0]}"
     return _styled(figure, title, "", "")
-
-
-def _styled(figure: go.Figure, title: str, x: str, y: str) -> go.Figure:
-    figure.update_layout(
-        title=title, xaxis_title=x, yaxis_title=y, template="plotly_white", height=380,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50}, legend={"orientation": "h", "y": -0.2},
-    )  # fmt: skip
-    return figure
 
 
 def _page(board: pd.DataFrame, rounds: pd.DataFrame, charts: dict[str, go.Figure]) -> str:

@@ -4,18 +4,21 @@ style of the fund's tournament report (:mod:`fhe_toolkit.fund.report`)."""
 from __future__ import annotations
 
 import html
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from fhe_toolkit.html_page import chart_grid, page
+from fhe_toolkit.html_page import chart_grid, page, styled
 from fhe_toolkit.lab.claims import CLAIMS, FORMS
 from fhe_toolkit.lab.participants import ARCHETYPES
 from fhe_toolkit.lab.results import payout_per_stake
 from fhe_toolkit.lab.run import LabResult
 from fhe_toolkit.protocol.files import write_atomic
+
+_styled = partial(styled, height=400, legend_y=-0.25)
 
 CHARTS = (
     "stake-multiple", "cumulative-payout", "corr-mmc", "regimes", "methods-stakes",
@@ -154,14 +157,6 @@ def _runs(mask: pd.Series) -> list[tuple[int, int]]:
     if start is not None and previous is not None:
         runs.append((start, previous))
     return runs
-
-
-def _styled(figure: go.Figure, title: str, x: str, y: str) -> go.Figure:
-    figure.update_layout(
-        title=title, xaxis_title=x, yaxis_title=y, template="plotly_white", height=400,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50}, legend={"orientation": "h", "y": -0.25},
-    )  # fmt: skip
-    return figure
 
 
 def _table(frame: pd.DataFrame) -> str:

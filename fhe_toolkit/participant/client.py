@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from fhe_toolkit.errors import FheToolkitError
+from fhe_toolkit.errors import FheToolkitError, ServiceError
 from fhe_toolkit.protocol.artifacts import PACKED_ROUND, ROUND_BUNDLE, open_answer, open_artifact
 from fhe_toolkit.protocol.files import write_atomic
 from fhe_toolkit.protocol.manifest import MANIFEST, Manifest
@@ -55,7 +55,6 @@ from fhe_toolkit.service.wire import (
     CHUNK,
     EMPTY_SHA256,
     HEADER_SUBMISSION,
-    ServiceError,
     pack_directory,
     sha256_of,
     sign_request,

@@ -11,9 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fhe_toolkit.errors import IdentityError, ParticipantError, RowsCrashedError, RunError
+from fhe_toolkit.errors import (
+    IdentityError,
+    PackedError,
+    ParticipantError,
+    RowsCrashedError,
+    RunError,
+)
 from fhe_toolkit.fhe.engine import Task, run_rows
-from fhe_toolkit.fhe.glwe import PackedError, PackedParams
+from fhe_toolkit.fhe.glwe import PackedParams
 from fhe_toolkit.fhe.packed import MultiplyTask, load_weights, weight_vector
 from fhe_toolkit.fhe.server_library import ensure_server_library
 from fhe_toolkit.fhe.tasks import ServerTask

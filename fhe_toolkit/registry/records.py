@@ -124,21 +124,12 @@ class NewTrainingJob:
     """The registered participant the job is for, when the fund says so."""
 
 
-@dataclass(frozen=True)
-class TrainingJobRecord:
-    """An encrypted training job and where it stands."""
+@dataclass(frozen=True, kw_only=True)
+class TrainingJobRecord(NewTrainingJob):
+    """An encrypted training job as it was opened, and where it stands."""
 
-    job_id: str
-    name: str
-    participant: str | None
     status: TrainingJobStatus
     detail: str | None
-    key_set_id: str
-    spec_sha256: str
-    bundle_sha256: str
-    n_samples: int
-    positive_share: float
-    iterations: int
     opened_at: datetime
     received_at: datetime | None = None
     """When a result was accepted for decryption."""

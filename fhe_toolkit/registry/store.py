@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from alembic import command
@@ -268,16 +269,7 @@ class Registry:
                     .order_by(ModelRow.name)
                 )
             }
-            return RoundRecord(
-                name=record.name,
-                status=record.status,
-                n_rows=record.n_rows,
-                opened_at=_aware(record.opened_at),
-                deadline=_maybe_aware(record.deadline),
-                closed_at=_maybe_aware(record.closed_at),
-                resolved_at=_maybe_aware(record.resolved_at),
-                bundles=bundles,
-            )
+            return _as_record(RoundRecord, record, bundles=bundles)
 
     def rounds(self) -> pd.DataFrame:
         with self.session() as s:
@@ -426,18 +418,7 @@ class Registry:
     def open_training_job(self, job: NewTrainingJob) -> None:
         """Record a training job whose bundle was just encrypted: it awaits its result."""
         record = TrainingJobRecord(
-            job_id=job.job_id,
-            name=job.name,
-            participant=job.participant,
-            status=TrainingJobStatus.AWAITING,
-            detail=None,
-            key_set_id=job.key_set_id,
-            spec_sha256=job.spec_sha256,
-            bundle_sha256=job.bundle_sha256,
-            n_samples=job.n_samples,
-            positive_share=job.positive_share,
-            iterations=job.iterations,
-            opened_at=_now(),
+            **asdict(job), status=TrainingJobStatus.AWAITING, detail=None, opened_at=_now()
         )
         with self.session() as s:
             if self._find_job(s, job.job_id) is not None:
@@ -461,22 +442,7 @@ class Registry:
                 if found.participant_id is None
                 else s.get_one(ParticipantRow, found.participant_id).name
             )
-            return TrainingJobRecord(
-                job_id=found.job_id,
-                name=found.name,
-                participant=owner,
-                status=found.status,
-                detail=found.detail,
-                key_set_id=found.key_set_id,
-                spec_sha256=found.spec_sha256,
-                bundle_sha256=found.bundle_sha256,
-                n_samples=found.n_samples,
-                positive_share=found.positive_share,
-                iterations=found.iterations,
-                opened_at=_aware(found.opened_at),
-                received_at=_maybe_aware(found.received_at),
-                result_sha256=found.result_sha256,
-            )
+            return _as_record(TrainingJobRecord, found, participant=owner)
 
     def accept_training_result(self, job_id: str, result_sha256: str) -> None:
         """Record a job's result before it is decrypted (the job is then
@@ -502,25 +468,11 @@ class Registry:
             job.status, job.detail = TrainingJobStatus(status), detail
 
     def _add_training_job(self, s: Session, job: TrainingJobRecord) -> None:
-        participant = None if job.participant is None else self._participant(s, job.participant)
-        s.add(
-            TrainingJobRow(
-                job_id=job.job_id,
-                name=job.name,
-                participant_id=None if participant is None else participant.id,
-                status=TrainingJobStatus(job.status),
-                detail=job.detail,
-                key_set_id=job.key_set_id,
-                spec_sha256=job.spec_sha256,
-                bundle_sha256=job.bundle_sha256,
-                n_samples=job.n_samples,
-                positive_share=job.positive_share,
-                iterations=job.iterations,
-                opened_at=job.opened_at,
-                received_at=job.received_at,
-                result_sha256=job.result_sha256,
-            )
-        )
+        columns = asdict(job)
+        owner = columns.pop("participant")
+        columns["participant_id"] = None if owner is None else self._participant(s, owner).id
+        columns["status"] = TrainingJobStatus(job.status)
+        s.add(TrainingJobRow(**columns))
         try:
             s.flush()
         except IntegrityError:  # recorded at the same moment by another process
@@ -530,55 +482,30 @@ class Registry:
     def payouts(self) -> pd.DataFrame:
         """Every resolved round's payouts: round, model, stake, corr, mmc, score, payout,
         reputation, in round order."""
-        query = (
-            select(
-                RoundRow.name.label("round"),
-                RoundRow.id.label("round_order"),
-                ModelRow.name.label("model"),
-                PayoutRow.stake,
-                PayoutRow.corr,
-                PayoutRow.mmc,
-                PayoutRow.score,
-                PayoutRow.payout,
-                PayoutRow.reputation,
-            )
-            .join(RoundRow, PayoutRow.round_id == RoundRow.id)
-            .join(ModelRow, PayoutRow.model_id == ModelRow.id)
-            .order_by(RoundRow.id, ModelRow.name)
+        return self._per_round(
+            PayoutRow,
+            PayoutRow.stake,
+            PayoutRow.corr,
+            PayoutRow.mmc,
+            PayoutRow.score,
+            PayoutRow.payout,
+            PayoutRow.reputation,
         )
-        return self._frame(query)
 
     def scores(self) -> pd.DataFrame:
         """Every per-era score: round, model, target, era, metric, value."""
-        query = (
-            select(
-                RoundRow.name.label("round"),
-                RoundRow.id.label("round_order"),
-                ModelRow.name.label("model"),
-                ScoreRow.target,
-                ScoreRow.era,
-                ScoreRow.metric,
-                ScoreRow.value,
-            )
-            .join(RoundRow, ScoreRow.round_id == RoundRow.id)
-            .join(ModelRow, ScoreRow.model_id == ModelRow.id)
-            .order_by(RoundRow.id, ModelRow.name, ScoreRow.era)
-        )
-        return self._frame(query)
+        return self._per_round(
+            ScoreRow, ScoreRow.target, ScoreRow.era, ScoreRow.metric, ScoreRow.value,
+            then=ScoreRow.era,
+        )  # fmt: skip
 
     def correlations(self) -> pd.DataFrame:
-        query = (
-            select(
-                RoundRow.name.label("round"),
-                RoundRow.id.label("round_order"),
-                CorrelationRow.first,
-                CorrelationRow.second,
-                CorrelationRow.value,
-            )
-            .join(RoundRow, CorrelationRow.round_id == RoundRow.id)
-            .order_by(RoundRow.id)
-        )
-        return self._frame(query)
+        """Every resolved round's pairwise prediction correlations: round, first, second,
+        value."""
+        return self._per_round(
+            CorrelationRow, CorrelationRow.first, CorrelationRow.second, CorrelationRow.value,
+            per_model=False,
+        )  # fmt: skip
 
     def stake_history(self) -> pd.DataFrame:
         query = (
@@ -597,54 +524,67 @@ class Registry:
         return self._frame(query)
 
     # --- helpers ------------------------------------------------------------------------
+    def _per_round(
+        self, table: Any, *columns: Any, per_model: bool = True, then: Any = None
+    ) -> pd.DataFrame:
+        """``columns`` of ``table``'s rows, after their round's name (``round``, and
+        ``round_order``: rounds in the order they opened) and, ``per_model``, their model's
+        name; in round order, then model, then ``then``."""
+        query = select(RoundRow.name.label("round"), RoundRow.id.label("round_order"))
+        query = query.join_from(table, RoundRow, table.round_id == RoundRow.id)
+        order: list[Any] = [RoundRow.id]
+        if per_model:
+            query = query.add_columns(ModelRow.name.label("model"))
+            query = query.join(ModelRow, table.model_id == ModelRow.id)
+            order.append(ModelRow.name)
+        if then is not None:
+            order.append(then)
+        return self._frame(query.add_columns(*columns).order_by(*order))
+
     def _frame(self, query: Any) -> pd.DataFrame:
         with self.engine.connect() as connection:
             return pd.read_sql(query, connection)
 
     @staticmethod
     def _participant(s: Session, name: str) -> ParticipantRow:
-        found = s.scalar(select(ParticipantRow).where(ParticipantRow.name == name))
-        if found is None:
-            raise RegistryError(
-                f"participant {name!r} is not registered; see `fhe-toolkit fund add-participant`."
-            )
-        return found
+        return _one(
+            s, select(ParticipantRow).where(ParticipantRow.name == name),
+            f"participant {name!r} is not registered; see `fhe-toolkit fund add-participant`.",
+        )  # fmt: skip
 
     @staticmethod
     def _model(s: Session, name: str) -> ModelRow:
-        found = s.scalar(select(ModelRow).where(ModelRow.name == name))
-        if found is None:
-            raise RegistryError(
-                f"model {name!r} is not registered; see `fhe-toolkit fund register`."
-            )
-        return found
+        return _one(
+            s, select(ModelRow).where(ModelRow.name == name),
+            f"model {name!r} is not registered; see `fhe-toolkit fund register`.",
+        )  # fmt: skip
 
     @staticmethod
     def _round(s: Session, name: str) -> RoundRow:
-        found = s.scalar(select(RoundRow).where(RoundRow.name == name))
-        if found is None:
-            raise RegistryError(f"round {name!r} was never opened.")
-        return found
+        return _one(
+            s, select(RoundRow).where(RoundRow.name == name), f"round {name!r} was never opened."
+        )
 
     @staticmethod
     def _find_job(s: Session, job_id: str) -> TrainingJobRow | None:
         return s.scalar(select(TrainingJobRow).where(TrainingJobRow.job_id == job_id))
 
-    def _job(self, s: Session, job_id: str) -> TrainingJobRow:
-        found = self._find_job(s, job_id)
-        if found is None:
-            raise RegistryError(f"training job {job_id!r} was never opened.")
-        return found
+    @staticmethod
+    def _job(s: Session, job_id: str) -> TrainingJobRow:
+        return _one(
+            s, select(TrainingJobRow).where(TrainingJobRow.job_id == job_id),
+            f"training job {job_id!r} was never opened.",
+        )  # fmt: skip
 
-    def _bundle(self, s: Session, record: RoundRow, model: str) -> BundleRow:
-        found = s.scalar(
+    @staticmethod
+    def _bundle(s: Session, record: RoundRow, model: str) -> BundleRow:
+        return _one(
+            s,
             select(BundleRow)
             .join(ModelRow, BundleRow.model_id == ModelRow.id)
-            .where(BundleRow.round_id == record.id, ModelRow.name == model)
+            .where(BundleRow.round_id == record.id, ModelRow.name == model),
+            f"model {model!r} has no bundle in round {record.name!r}.",
         )
-        if found is None:
-            raise RegistryError(f"model {model!r} has no bundle in round {record.name!r}.")
-        return found
 
     @staticmethod
     def _latest_version(s: Session, model_id: int) -> ModelVersionRow | None:
@@ -691,6 +631,24 @@ class Registry:
         return None if value is None else float(value)
 
 
+def _one(s: Session, query: Any, missing: str) -> Any:
+    """The one row ``query`` selects; :class:`RegistryError` saying ``missing`` if none."""
+    found = s.scalar(query)
+    if found is None:
+        raise RegistryError(missing)
+    return found
+
+
+Record = TypeVar("Record")
+
+
+def _as_record(kind: type[Record], row: Any, **given: Any) -> Record:
+    """A ``kind`` record: ``given``, and for its other fields the row's columns of the same
+    names, times in UTC."""
+    names = [f.name for f in fields(kind) if f.name not in given]  # type: ignore[arg-type]
+    return kind(**{name: _utc(getattr(row, name)) for name in names}, **given)
+
+
 def _received_already(model: str, round_name: str) -> RegistryError:
     return RegistryError(
         f"a submission for model {model!r} in round {round_name!r} was received already; each "
@@ -712,8 +670,9 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _maybe_aware(moment: datetime | None) -> datetime | None:
-    return None if moment is None else _aware(moment)
+def _utc(value: Any) -> Any:
+    """``value``, made aware if it is a naive datetime (see :func:`_aware`)."""
+    return _aware(value) if isinstance(value, datetime) else value
 
 
 class ServiceStore:
@@ -770,10 +729,7 @@ class ServiceStore:
 
     def upload(self, upload_id: str) -> UploadRecord:
         with self.registry.session() as s:
-            row = s.scalar(select(ServiceUploadRow).where(ServiceUploadRow.upload_id == upload_id))
-            if row is None:
-                raise RegistryError(f"no upload {upload_id!r}.")
-            return self._record(s, row)
+            return self._record(s, self._upload(s, upload_id))
 
     def uploads(
         self,
@@ -801,16 +757,13 @@ class ServiceStore:
         times already is marked failed instead."""
         with self.registry.session() as s:
             while True:
-                row = s.scalar(
-                    select(ServiceUploadRow)
-                    .where(ServiceUploadRow.status == UploadStatus.DECRYPTING)
-                    .order_by(ServiceUploadRow.id)
-                    .limit(1)
-                ) or s.scalar(
-                    select(ServiceUploadRow)
-                    .where(ServiceUploadRow.status == UploadStatus.QUEUED)
-                    .order_by(ServiceUploadRow.id)
-                    .limit(1)
+                row = next(
+                    (
+                        found
+                        for status in (UploadStatus.DECRYPTING, UploadStatus.QUEUED)
+                        if (found := self._oldest(s, status)) is not None
+                    ),
+                    None,
                 )
                 if row is None:
                     return None
@@ -831,34 +784,41 @@ class ServiceStore:
     def finish(self, upload_id: str, status: UploadStatus, detail: str | None = None) -> None:
         """Record how the worker finished with an upload."""
         with self.registry.session() as s:
-            row = s.scalar(select(ServiceUploadRow).where(ServiceUploadRow.upload_id == upload_id))
-            if row is None:
-                raise RegistryError(f"no upload {upload_id!r}.")
+            row = self._upload(s, upload_id)
             row.status, row.detail, row.finished_at = UploadStatus(status), detail, _now()
 
     def accepted_submission(self, round_name: str, model: str) -> str | None:
         """The manifest hash of the submission the fund accepted for ``model`` in the round,
         if any."""
         with self.registry.session() as s:
-            bundle = self.registry._bundle(s, Registry._round(s, round_name), model)
+            bundle = Registry._bundle(s, Registry._round(s, round_name), model)
             return s.scalar(
                 select(SubmissionRow.manifest_sha256).where(SubmissionRow.bundle_id == bundle.id)
             )
 
     @staticmethod
+    def _upload(s: Session, upload_id: str) -> ServiceUploadRow:
+        return _one(
+            s,
+            select(ServiceUploadRow).where(ServiceUploadRow.upload_id == upload_id),
+            f"no upload {upload_id!r}.",
+        )
+
+    @staticmethod
+    def _oldest(s: Session, status: UploadStatus) -> ServiceUploadRow | None:
+        return s.scalar(
+            select(ServiceUploadRow)
+            .where(ServiceUploadRow.status == status)
+            .order_by(ServiceUploadRow.id)
+            .limit(1)
+        )
+
+    @staticmethod
     def _record(s: Session, row: ServiceUploadRow) -> UploadRecord:
-        return UploadRecord(
-            upload_id=row.upload_id,
+        return _as_record(
+            UploadRecord,
+            row,
             round=s.get_one(RoundRow, row.round_id).name,
             model=s.get_one(ModelRow, row.model_id).name,
             participant=s.get_one(ParticipantRow, row.participant_id).name,
-            status=row.status,
-            detail=row.detail,
-            manifest_sha256=row.manifest_sha256,
-            archive_sha256=row.archive_sha256,
-            size=row.size,
-            attempts=row.attempts,
-            queued_at=_aware(row.queued_at),
-            started_at=_maybe_aware(row.started_at),
-            finished_at=_maybe_aware(row.finished_at),
         )

@@ -264,11 +264,9 @@ def correlation_contribution(
     It is the derivative of ``corr((1 - ε)·meta_model + ε·predictions, target)`` at ε = 0, up to
     a per-era scale.
     """
-    era = EraPredictions(check_predictions(predictions))
-    meta_model = check_vector(meta_model, "meta_model", allow_nan=False)
-    live_targets = check_vector(live_targets, "live_targets", allow_nan=True)
-    scores = era.contribution(meta_model, live_targets, max_filtered_index_ratio, top_bottom)
-    return pd.Series(scores, index=era.columns, name="mmc")
+    return _contribution(
+        predictions, (meta_model, "meta_model"), live_targets, top_bottom, max_filtered_index_ratio
+    ).rename("mmc")
 
 
 def benchmark_contribution(
@@ -280,11 +278,25 @@ def benchmark_contribution(
     max_filtered_index_ratio: float = DEFAULT_MAX_FILTERED_INDEX_RATIO,
 ) -> pd.Series:
     """BMC: MMC computed against a benchmark model instead of the stake-weighted meta model."""
+    return _contribution(
+        predictions, (benchmark, "benchmark"), live_targets, top_bottom, max_filtered_index_ratio
+    ).rename("bmc")
+
+
+def _contribution(
+    predictions: pd.DataFrame,
+    reference: tuple[pd.Series, str],
+    live_targets: pd.Series,
+    top_bottom: int | None,
+    max_filtered_index_ratio: float,
+) -> pd.Series:
+    """Each prediction column's contribution to ``reference`` (a Series and the name its
+    errors call it by), as :func:`correlation_contribution` describes."""
     era = EraPredictions(check_predictions(predictions))
-    benchmark = check_vector(benchmark, "benchmark", allow_nan=False)
+    against = check_vector(reference[0], reference[1], allow_nan=False)
     live_targets = check_vector(live_targets, "live_targets", allow_nan=True)
-    scores = era.contribution(benchmark, live_targets, max_filtered_index_ratio, top_bottom)
-    return pd.Series(scores, index=era.columns, name="bmc")
+    scores = era.contribution(against, live_targets, max_filtered_index_ratio, top_bottom)
+    return pd.Series(scores, index=era.columns)
 
 
 def neutral_correlation(

@@ -62,7 +62,13 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from fhe_toolkit import __version__
-from fhe_toolkit.errors import FheToolkitError, IdentityError, LeaderboardError, ReportError
+from fhe_toolkit.errors import (
+    FheToolkitError,
+    IdentityError,
+    LeaderboardError,
+    ReportError,
+    ServiceError,
+)
 from fhe_toolkit.fund import Fund
 from fhe_toolkit.fund.base import PACKED_DIR
 from fhe_toolkit.fund.leaderboard import SORT_KEYS
@@ -88,8 +94,6 @@ from fhe_toolkit.service.wire import (
     EMPTY_SHA256,
     HEADER_CONTENT_SHA256,
     HEADER_SUBMISSION,
-    ArchiveError,
-    ServiceError,
     SignedFields,
     unpack_archive,
 )
@@ -102,15 +106,6 @@ ROUNDED = 4
 REPORT_TTL = 30.0
 UPLOAD_IDLE_TIMEOUT = 60.0
 """Seconds an upload may send nothing before it is dropped."""
-
-
-class Refusal(Exception):
-    """An HTTP error answer: ``status``, a message, and headers (e.g. ``Retry-After``)."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = headers or {}
 
 
 class RateLimiter:
@@ -127,9 +122,9 @@ class RateLimiter:
             times.popleft()
         if len(times) >= self.per_minute:
             wait = max(1, math.ceil(60 - (now - times[0])))
-            raise Refusal(
-                429,
+            raise ServiceError(
                 f"more than {self.per_minute} requests in a minute from {who}; wait {wait} s.",
+                429,
                 {"Retry-After": str(wait)},
             )
         times.append(now)
@@ -203,31 +198,37 @@ class Service:
         checked as it streams in)."""
         fields = SignedFields(request.headers)
         if body_sha256 is not None and fields.body_sha256 != body_sha256:
-            raise Refusal(401, "the signed body hash is not the body's: sign the body you send.")
+            raise ServiceError(
+                "the signed body hash is not the body's: sign the body you send.", 401
+            )
         skew = self.limits.max_clock_skew
         drift = fields.timestamp - time.time()
         if abs(drift) > skew:
             side = "ahead of" if drift > 0 else "behind"
-            raise Refusal(
-                401,
+            raise ServiceError(
                 f"the request's timestamp is {abs(drift):,.0f} s {side} "
                 f"the fund's clock (at most {skew} s is accepted): a request is only good once, "
                 "when it is made. Check your clock and send a new request.",
+                401,
             )
         participant = await run_in_threadpool(self.participant_of, fields.key_hex)
         if participant is None:
-            raise Refusal(401, "that key is not a registered participant's (fund add-participant).")
+            raise ServiceError(
+                "that key is not a registered participant's (fund add-participant).", 401
+            )
         if not fields.verify(request.method, request_target(request), self.fund_key):
-            raise Refusal(
-                401,
+            raise ServiceError(
                 f"the signature does not verify with {participant}'s key: the request was signed "
                 "by another key, altered, or meant for another fund.",
+                401,
             )
         self.rate.check(participant)
         if self.nonces is None:
-            raise Refusal(503, "the service is not started.")
+            raise ServiceError("the service is not started.", 503)
         if not self.nonces.use(participant, fields.nonce, fields.timestamp + skew):
-            raise Refusal(401, "this request was sent before (its nonce is used): it is refused.")
+            raise ServiceError(
+                "this request was sent before (its nonce is used): it is refused.", 401
+            )
         return participant
 
     def participant_of(self, key_hex: str) -> str | None:
@@ -259,7 +260,7 @@ class Service:
     # --- rounds and bundles --------------------------------------------------------------
     def round(self, round_id: str) -> RoundRecord:
         if not re.fullmatch(ROUND_PATTERN, round_id) or not self.fund.db.has_round(round_id):
-            raise Refusal(404, f"there is no round {round_id!r}.")
+            raise ServiceError(f"there is no round {round_id!r}.", 404)
         return self.fund.round_record(round_id)
 
     def bundle_dir(self, round_id: str, model: str, participant: str) -> Path:
@@ -267,23 +268,25 @@ class Service:
         bundle, or the round's packed dataset."""
         record = self.round(round_id)
         if model not in record.bundles:
-            raise Refusal(404, f"model {model!r} has no bundle in round {round_id!r}.")
+            raise ServiceError(f"model {model!r} has no bundle in round {round_id!r}.", 404)
         if self.owner(model) != participant:
-            raise Refusal(403, f"model {model!r} is not {participant}'s: its bundle is refused.")
+            raise ServiceError(
+                f"model {model!r} is not {participant}'s: its bundle is refused.", 403
+            )
         own = self.fund.round_dir(round_id) / "bundles" / model
         if own.is_dir():
             return own
         packed = self.fund.round_dir(round_id) / PACKED_DIR
         if packed.is_dir():
             return packed
-        raise Refusal(404, f"the bundle of {model!r} in round {round_id!r} is gone.")
+        raise ServiceError(f"the bundle of {model!r} in round {round_id!r} is gone.", 404)
 
     def packed_dir(self, round_id: str, participant: str) -> Path:
         """The round's packed dataset, for a participant with a packed model in the round."""
         record = self.round(round_id)
         packed = self.fund.round_dir(round_id) / PACKED_DIR
         if not packed.is_dir():
-            raise Refusal(404, f"round {round_id!r} has no packed dataset.")
+            raise ServiceError(f"round {round_id!r} has no packed dataset.", 404)
         key_set = self.manifest(packed)[1].key_set_id
         mine = [
             model
@@ -291,10 +294,11 @@ class Service:
             if bundle.key_set_id == key_set and self.owner(model) == participant
         ]
         if not mine:
-            raise Refusal(
-                403, f"{participant} has no packed model in round {round_id!r}: the dataset is "
+            raise ServiceError(
+                f"{participant} has no packed model in round {round_id!r}: the dataset is "
                 "only for participants who do.",
-            )  # fmt: skip
+                403,
+            )
         return packed
 
     def manifest(self, directory: Path) -> tuple[bytes, Manifest]:
@@ -303,7 +307,7 @@ class Service:
         try:
             status = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
-            raise Refusal(404, "that bundle has no manifest.") from None
+            raise ServiceError("that bundle has no manifest.", 404) from None
         stamp = (status.st_mtime_ns, status.st_size)
         cached = self._manifests.get(directory)
         if cached is None or cached[0] != stamp:
@@ -323,7 +327,7 @@ class Service:
             return directory / SIGNATURE, len(signature), hashlib.sha256(signature).hexdigest()
         entry = manifest.files.get(name)
         if entry is None:
-            raise Refusal(404, f"{name!r} is not a file of this bundle (see its manifest).")
+            raise ServiceError(f"{name!r} is not a file of this bundle (see its manifest).", 404)
         return directory / name, entry.size, entry.sha256
 
     def index(self, directory: Path, base: str) -> dict[str, Any]:
@@ -361,19 +365,25 @@ class Service:
         """Refuse an upload that cannot be taken, before its body is read."""
         record = self.round(round_id)
         if model not in record.bundles:
-            raise Refusal(404, f"model {model!r} has no bundle in round {round_id!r}.")
+            raise ServiceError(f"model {model!r} has no bundle in round {round_id!r}.", 404)
         if self.owner(model) != participant:
-            raise Refusal(403, f"model {model!r} is not {participant}'s.")
+            raise ServiceError(f"model {model!r} is not {participant}'s.", 403)
         if record.status != RoundStatus.OPEN:
-            raise Refusal(409, f"round {round_id!r} is {record.status}: it takes no submission.")
+            raise ServiceError(
+                f"round {round_id!r} is {record.status}: it takes no submission.", 409
+            )
         if record.deadline is not None and datetime.now(UTC) > record.deadline:
-            raise Refusal(409, f"round {round_id!r} stopped taking submissions at "
-                          f"{record.deadline:%Y-%m-%d %H:%M} UTC.")  # fmt: skip
+            raise ServiceError(
+                f"round {round_id!r} stopped taking submissions at "
+                f"{record.deadline:%Y-%m-%d %H:%M} UTC.",
+                409,
+            )
         if record.bundles[model].status in (SubmissionStatus.RECEIVED, SubmissionStatus.REFUSED):
-            raise Refusal(
-                409, f"a submission for {model!r} in round {round_id!r} was received already; "
+            raise ServiceError(
+                f"a submission for {model!r} in round {round_id!r} was received already; "
                 "each model submits once per round.",
-            )  # fmt: skip
+                409,
+            )
 
     def accept_upload(
         self,
@@ -392,18 +402,19 @@ class Service:
         try:
             unpack_archive(archive, submission, max_bytes=self.limits.max_upload_bytes)
             answer = open_answer(submission)
-        except (ArchiveError, FheToolkitError) as exc:
-            raise Refusal(400, _scrubbed(exc, submission)) from None
+        except FheToolkitError as exc:  # the archive's, the manifest's
+            raise ServiceError(_scrubbed(exc, submission), 400) from None
         if answer.manifest.round_id != round_id or answer.manifest.model != model:
-            raise Refusal(
-                400, f"this submission answers model {answer.manifest.model!r} in round "
+            raise ServiceError(
+                f"this submission answers model {answer.manifest.model!r} in round "
                 f"{answer.manifest.round_id!r}, not {model!r} in {round_id!r}.",
-            )  # fmt: skip
+                400,
+            )
         key = self.fund.db.participant_keys()[participant]
         try:
             verify_directory(submission, key, participant)
         except IdentityError as exc:
-            raise Refusal(400, _scrubbed(exc, submission)) from None
+            raise ServiceError(_scrubbed(exc, submission), 400) from None
         earlier = self.known_upload(round_id, model, participant, answer.sha256)
         if earlier is not None:
             return earlier, False
@@ -418,7 +429,7 @@ class Service:
             )  # fmt: skip
         except FheToolkitError as exc:
             shutil.rmtree(folder, ignore_errors=True)
-            raise Refusal(409, str(exc)) from None
+            raise ServiceError(str(exc), 409) from None
         return record, True
 
     # --- status and results --------------------------------------------------------------
@@ -495,7 +506,7 @@ class Service:
         try:
             board = self.fund.leaderboard(sort_by)
         except LeaderboardError as exc:
-            raise Refusal(400, str(exc)) from None
+            raise ServiceError(str(exc), 400) from None
         rows = []
         for model, row in board.iterrows():
             rows.append({"model": str(model), **{k: _number(v) for k, v in row.items()}})
@@ -513,7 +524,7 @@ class Service:
                     page, error = None, str(exc)
             self._report = (time.monotonic(), page, error)
         if page is None:
-            raise Refusal(404, error)
+            raise ServiceError(error, 404)
         return page
 
 
@@ -589,7 +600,7 @@ def create_app(service: Service, on_started: Callable[[], None] | None = None) -
         except FheToolkitError:
             record = None
         if record is None or record.participant != participant:
-            raise Refusal(404, f"you have no upload {upload_id!r}.")
+            raise ServiceError(f"you have no upload {upload_id!r}.", 404)
         return JSONResponse(upload_json(record))
 
     async def status(request: Request) -> Response:
@@ -611,7 +622,7 @@ def create_app(service: Service, on_started: Callable[[], None] | None = None) -
     async def report(request: Request) -> Response:
         try:
             page = await run_in_threadpool(service.report)
-        except Refusal as exc:
+        except ServiceError as exc:
             return HTMLResponse(_message_page("No report yet", str(exc)), status_code=404)
         return HTMLResponse(page)
 
@@ -619,12 +630,9 @@ def create_app(service: Service, on_started: Callable[[], None] | None = None) -
         return RedirectResponse("/leaderboard")
 
     async def refused(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, Refusal):
-            status, headers = exc.status, dict(exc.headers)
-        elif isinstance(exc, ServiceError):
-            status, headers = exc.status or 400, {}
-        else:  # pragma: no cover - registered for these two only
+        if not isinstance(exc, ServiceError):  # pragma: no cover - registered for it only
             raise exc
+        status, headers = exc.status or 400, dict(exc.headers)
         if status == 401:
             headers["WWW-Authenticate"] = "FHE-Ed25519"
         return JSONResponse({"error": str(exc)}, status_code=status, headers=headers)
@@ -649,7 +657,7 @@ def create_app(service: Service, on_started: Callable[[], None] | None = None) -
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={Refusal: refused, ServiceError: refused},
+        exception_handlers={ServiceError: refused},
     )
 
 
@@ -664,8 +672,11 @@ async def _serve_file(service: Service, request: Request, directory: Path, name:
     if asked and size and request.headers.get("if-range", etag) == etag:
         span = parse_range(asked, size)
         if isinstance(span, str):  # unsatisfiable
-            raise Refusal(416, f"{name} is {size:,} bytes: that range is past its end.",
-                          {"Content-Range": f"bytes */{size}"})  # fmt: skip
+            raise ServiceError(
+                f"{name} is {size:,} bytes: that range is past its end.",
+                416,
+                {"Content-Range": f"bytes */{size}"},
+            )
         if span is not None:
             (start, end), partial = span, True
     _check_file(path, size)
@@ -689,10 +700,12 @@ def _check_file(path: Path, size: int) -> None:
     try:
         status = os.stat(path, follow_symlinks=False)
     except FileNotFoundError:
-        raise Refusal(404, f"{path.name} is missing from the bundle.") from None
+        raise ServiceError(f"{path.name} is missing from the bundle.", 404) from None
     if not stat.S_ISREG(status.st_mode) or status.st_size != size:
         log.error("%s is not the file its manifest lists", path)
-        raise Refusal(500, f"{path.name} does not match the bundle's manifest on the fund's side.")
+        raise ServiceError(
+            f"{path.name} does not match the bundle's manifest on the fund's side.", 500
+        )
 
 
 def _chunks(path: Path, start: int, length: int) -> Iterator[bytes]:
@@ -732,8 +745,9 @@ async def _receive_upload(service: Service, request: Request) -> Response:
     declared = request.headers[HEADER_CONTENT_SHA256].lower()
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limits.max_upload_bytes):
-        raise Refusal(413, f"an upload is at most {limits.max_upload_bytes:,} bytes; this one "
-                      f"says {length}.")  # fmt: skip
+        raise ServiceError(
+            f"an upload is at most {limits.max_upload_bytes:,} bytes; this one says {length}.", 413
+        )
     known = await run_in_threadpool(
         service.known_upload, round_id, model, participant, request.headers.get(HEADER_SUBMISSION)
     )
@@ -743,10 +757,13 @@ async def _receive_upload(service: Service, request: Request) -> Response:
         )
     await run_in_threadpool(service.check_can_submit, round_id, model, participant)
     if (round_id, model) in service.uploading:
-        raise Refusal(409, f"an upload for {model!r} in round {round_id!r} is under way.")
+        raise ServiceError(f"an upload for {model!r} in round {round_id!r} is under way.", 409)
     if service.active_uploads >= limits.max_concurrent_uploads:
-        raise Refusal(503, "the fund is receiving as many uploads as it takes at once; retry "
-                      "shortly.", {"Retry-After": "2"})  # fmt: skip
+        raise ServiceError(
+            "the fund is receiving as many uploads as it takes at once; retry shortly.",
+            503,
+            {"Retry-After": "2"},
+        )
     service.active_uploads += 1
     service.uploading.add((round_id, model))
     workdir = Path(tempfile.mkdtemp(prefix="upload-", dir=service.config.incoming_dir))
@@ -757,8 +774,10 @@ async def _receive_upload(service: Service, request: Request) -> Response:
         with os.fdopen(descriptor, "wb") as handle:
             size = await _copy_body(request, handle, digest, limits.max_upload_bytes)
         if digest.hexdigest() != declared:
-            raise Refusal(400, "the body's SHA-256 is not the signed one: it was altered or cut "
-                          "short on the way.")  # fmt: skip
+            raise ServiceError(
+                "the body's SHA-256 is not the signed one: it was altered or cut short on the way.",
+                400,
+            )
         record, new = await run_in_threadpool(
             service.accept_upload, workdir, archive, round_id, model, participant, size, declared
         )
@@ -786,11 +805,12 @@ async def _copy_body(request: Request, handle: IO[bytes], digest: Any, limit: in
         except StopAsyncIteration:
             return size
         except TimeoutError:
-            raise Refusal(408, f"the upload sent nothing for {UPLOAD_IDLE_TIMEOUT:.0f} s; send "
-                          "it again.") from None  # fmt: skip
+            raise ServiceError(
+                f"the upload sent nothing for {UPLOAD_IDLE_TIMEOUT:.0f} s; send it again.", 408
+            ) from None
         size += len(block)
         if size > limit:
-            raise Refusal(413, f"an upload is at most {limit:,} bytes; this one is larger.")
+            raise ServiceError(f"an upload is at most {limit:,} bytes; this one is larger.", 413)
         digest.update(block)
         handle.write(block)
 
@@ -817,7 +837,7 @@ def _path(request: Request, name: str) -> str:
         name, r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
     )
     if not re.fullmatch(pattern, value):
-        raise Refusal(404, f"no such {name}: {value[:80]!r}.")
+        raise ServiceError(f"no such {name}: {value[:80]!r}.", 404)
     return value
 
 

@@ -45,7 +45,7 @@ from typing import BinaryIO
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from fhe_toolkit.errors import FheToolkitError
+from fhe_toolkit.errors import ArchiveError, ServiceError
 from fhe_toolkit.protocol.manifest import FILE_PATTERN, MANIFEST
 from fhe_toolkit.protocol.signing import SIGNATURE, public_bytes
 
@@ -75,19 +75,6 @@ CHUNK = 1 << 20
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NONCE = re.compile(r"[0-9a-f]{32}")
 _SIGNATURE = re.compile(r"[0-9a-f]{128}")
-
-
-class ServiceError(FheToolkitError, RuntimeError):
-    """The fund's service refused a request, or could not be reached; the message says which
-    and what to do. ``status`` is the HTTP status when the service answered."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ArchiveError(FheToolkitError, ValueError):
-    """An uploaded archive that is not a plain tar of regular files with plain names."""
 
 
 # --- signed requests ---------------------------------------------------------------------------
