@@ -100,6 +100,10 @@ def client_specs(inputs: list[list[int]] | None = None, n_outputs: int = 1) -> d
             lwe["concreteShape"]["dimensions"] = [*shape, 513]
             circuit["inputs"].append(entry)
     circuit["outputs"] = [copy.deepcopy(circuit["outputs"][0]) for _ in range(n_outputs)]
+    for side in ("input", "output"):
+        nulls = [None] * len(circuit[f"{side}s"])
+        for entry in ("types", "shapes"):
+            specs["tfhers_specs"][f"{side}_{entry}_per_func"] = {circuit["name"]: nulls}
     return specs
 
 
@@ -171,7 +175,7 @@ def test_the_test_specs_are_valid_and_their_digest_ignores_key_order():
         (lambda r: r["output_quantizer"].update(scale=0.0), "scale must be positive"),
         (lambda r: r["output_quantizer"].update(zero_point=[None]), "finite numbers"),
         (lambda r: r.update(input_quantizers=[quantizer()] * 3), "1 \\(shared\\) or 2"),
-        (lambda r: r.update(client_specs={"keyset": {}}), "not Concrete client specs"),
+        (lambda r: r.update(client_specs={"keyset": {}}), "client_specs.circuits: Field required"),
         (lambda r: r["client_specs"]["circuits"].append({}), "one circuit"),
     ],
 )
