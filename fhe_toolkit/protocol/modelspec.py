@@ -280,7 +280,9 @@ def validate_spec(raw: object, spec_type: type[S], source: str) -> S:
         return spec_type.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in exc.errors()[:8]
+            f"{'.'.join(map(str, err['loc'])) or 'spec'}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()[:8]
         )
         raise SpecError(f"{source} is not a valid {spec_type.KIND}: {problems}") from None
 
