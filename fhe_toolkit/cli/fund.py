@@ -155,8 +155,9 @@ def register(
     Then a dry run: in a separate worker process, under the memory and time limits below, the
     fund makes the model's keys, encrypts every feature value (0..4) as a round would, and
     checks the circuit's input bit width and output decoding; a crash or a limit there stops
-    only the worker. A small tree's dry run takes about DRY_RUN_TIME on 2 cores, mostly loading
-    Concrete. A packed linear spec is instead checked against the packed round's parameters.
+    only the worker. A small tree's dry run takes about 15 s on an idle 2-core machine (loading
+    Concrete and making the keys; a minute on a busy one). A packed linear spec is instead
+    checked against the packed round's parameters.
 
     A spec that fails is refused with the reason, and nothing is stored. A new spec under a
     registered name becomes that model's next version.

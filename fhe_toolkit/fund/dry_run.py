@@ -16,7 +16,8 @@ the whole fund process, and every other model's round, with it. So ``register`` 
 
 Whatever happens in the worker (an exception, a panic, the memory or time limit) is a refusal
 naming the step and, for a limit, the limit; the fund process is untouched and nothing is
-stored. A small tree's dry run takes about 10 s on 2 cores, most of it loading Concrete.
+stored. A small tree's dry run takes about 15 s of CPU (loading Concrete and making the keys,
+mostly): 15 s on an idle 2-core machine, about a minute on a busy one.
 
 A packed linear spec has no keys of its own: it is checked in-process against the packed
 round's parameters (:func:`~fhe_toolkit.fhe.glwe.choose_params`), for a round of as many
@@ -67,7 +68,7 @@ DEFAULT_MEMORY_BYTES = 4 << 30
 the rest is for the keys (a tree's are tens of MB, a training job's 0.7 GB)."""
 MIN_MEMORY_BYTES = 256 << 20
 DEFAULT_SECONDS = 300.0
-"""Wall-clock limit for the whole dry run (a small tree's takes about 10 s)."""
+"""Wall-clock limit for the whole dry run (a small tree's takes about 15 s)."""
 STARTING = "starting the worker"
 LOADING = "loading Concrete"
 WORKER = "import sys; from fhe_toolkit.fund.dry_run import main; sys.exit(main(sys.argv[1:]))"
