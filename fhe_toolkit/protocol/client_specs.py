@@ -127,16 +127,39 @@ class LweSecretKeyInfo(_Closed):
     params: LweSecretKeyParams
 
 
-class LweBootstrapKeyParams(_Closed):
+class _EvaluationKeyParams(_Closed):
+    """What every evaluation key's parameters hold: a decomposition, its noise, its storage."""
+
     levelCount: Level
     baseLog: Level
-    glweDimension: int = Field(ge=GLWE_DIMENSIONS[0], le=GLWE_DIMENSIONS[1])
-    polynomialSize: int
-    inputLweDimension: Dimension
     variance: Variance
     integerPrecision: Storage
+    inputLweDimension: Dimension
     modulus: Modulus
     keyType: Literal["binary"]
+
+    @property
+    def output_dimension(self) -> int:
+        """The dimension of the secret key it leads to (its variance is that key's)."""
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _decomposition(self) -> _EvaluationKeyParams:
+        if self.levelCount * self.baseLog > MAX_DECOMPOSITION_BITS:
+            raise ValueError(
+                f"levelCount × baseLog is {self.levelCount * self.baseLog}, over the "
+                f"{MAX_DECOMPOSITION_BITS} bits of a 64-bit integer"
+            )
+        return self
+
+
+class LweBootstrapKeyParams(_EvaluationKeyParams):
+    glweDimension: int = Field(ge=GLWE_DIMENSIONS[0], le=GLWE_DIMENSIONS[1])
+    polynomialSize: int
+
+    @property
+    def output_dimension(self) -> int:
+        return self.glweDimension * self.polynomialSize
 
     @field_validator("polynomialSize")
     @classmethod
@@ -148,48 +171,37 @@ class LweBootstrapKeyParams(_Closed):
             )
         return value
 
-    @model_validator(mode="after")
-    def _decomposition(self) -> LweBootstrapKeyParams:
-        _check_decomposition(self.levelCount, self.baseLog)
-        return self
 
-
-class LweBootstrapKeyInfo(_Closed):
-    id: KeyId
-    inputId: KeyId
-    outputId: KeyId
-    params: LweBootstrapKeyParams
-    compression: Literal["none", "seed"]
-
-
-class LweKeyswitchKeyParams(_Closed):
-    levelCount: Level
-    baseLog: Level
-    variance: Variance
-    integerPrecision: Storage
-    inputLweDimension: Dimension
+class LweKeyswitchKeyParams(_EvaluationKeyParams):
     outputLweDimension: Dimension
-    modulus: Modulus
-    keyType: Literal["binary"]
 
-    @model_validator(mode="after")
-    def _decomposition(self) -> LweKeyswitchKeyParams:
-        _check_decomposition(self.levelCount, self.baseLog)
-        return self
-
-
-class LweKeyswitchKeyInfo(_Closed):
-    id: KeyId
-    inputId: KeyId
-    outputId: KeyId
-    params: LweKeyswitchKeyParams
-    compression: Literal["none", "seed"]
+    @property
+    def output_dimension(self) -> int:
+        return self.outputLweDimension
 
 
 class PackingKeyswitchKeyParams(LweBootstrapKeyParams):
     """The packing keyswitch key's parameters: a bootstrap key's, plus an inner dimension."""
 
     innerLweDimension: Dimension
+
+
+class _EvaluationKeyInfo(_Closed):
+    """An evaluation key: from which secret key to which, and whether it is seeded."""
+
+    id: KeyId
+    inputId: KeyId
+    outputId: KeyId
+    params: _EvaluationKeyParams
+    compression: Literal["none", "seed"]
+
+
+class LweBootstrapKeyInfo(_EvaluationKeyInfo):
+    params: LweBootstrapKeyParams
+
+
+class LweKeyswitchKeyInfo(_EvaluationKeyInfo):
+    params: LweKeyswitchKeyParams
 
 
 class PackingKeyswitchKeyInfo(LweBootstrapKeyInfo):
@@ -340,55 +352,40 @@ class ClientSpecs(_Closed):
 
     def _key_problems(self) -> list[str]:
         keyset = self.keyset
+        evaluation: dict[str, list[_EvaluationKeyInfo]] = {
+            "lweBootstrapKeys": list(keyset.lweBootstrapKeys),
+            "lweKeyswitchKeys": list(keyset.lweKeyswitchKeys),
+            "packingKeyswitchKeys": list(keyset.packingKeyswitchKeys),
+        }
+        numbered = {"lweSecretKeys": [key.id for key in keyset.lweSecretKeys]}
+        numbered |= {kind: [key.id for key in keys] for kind, keys in evaluation.items()}
         problems = [
-            f"keyset.{kind}: ids must be 0..{len(keys) - 1} in order, as Concrete numbers them"
-            for kind, keys in (
-                ("lweSecretKeys", keyset.lweSecretKeys),
-                ("lweBootstrapKeys", keyset.lweBootstrapKeys),
-                ("lweKeyswitchKeys", keyset.lweKeyswitchKeys),
-                ("packingKeyswitchKeys", keyset.packingKeyswitchKeys),
-            )
-            if [key.id for key in keys] != list(range(len(keys)))
+            f"keyset.{kind}: ids must be 0..{len(ids) - 1} in order, as Concrete numbers them"
+            for kind, ids in numbered.items()
+            if ids != list(range(len(ids)))
         ]
         if problems:
             return problems
         dims = [key.params.lweDimension for key in keyset.lweSecretKeys]
-
-        def refers(where: str, key_id: int, dimension: int, role: str) -> str | None:
-            if key_id >= len(dims):
-                return f"{where}: {role} key {key_id} does not exist ({len(dims)} secret keys)"
-            if dims[key_id] != dimension:
-                return (
-                    f"{where}: its {role} dimension {dimension} is not that of secret key "
-                    f"{key_id} ({dims[key_id]})"
-                )
-            return None
-
-        checks: list[str | None] = []
-        for i, bsk in enumerate(keyset.lweBootstrapKeys):
-            where, p = f"keyset.lweBootstrapKeys.{i}", bsk.params
-            glwe = p.glweDimension * p.polynomialSize
-            checks += [
-                refers(where, bsk.inputId, p.inputLweDimension, "input"),
-                refers(where, bsk.outputId, glwe, "output (glweDimension × polynomialSize)"),
-                variance_problem(p.variance, glwe, f"{where}.params"),
-            ]
-        for i, ksk in enumerate(keyset.lweKeyswitchKeys):
-            where, q = f"keyset.lweKeyswitchKeys.{i}", ksk.params
-            checks += [
-                refers(where, ksk.inputId, q.inputLweDimension, "input"),
-                refers(where, ksk.outputId, q.outputLweDimension, "output"),
-                variance_problem(q.variance, q.outputLweDimension, f"{where}.params"),
-            ]
-        for i, pksk in enumerate(keyset.packingKeyswitchKeys):
-            where, r = f"keyset.packingKeyswitchKeys.{i}", pksk.params
-            glwe = r.glweDimension * r.polynomialSize
-            checks += [
-                refers(where, pksk.inputId, r.inputLweDimension, "input"),
-                refers(where, pksk.outputId, glwe, "output (glweDimension × polynomialSize)"),
-                variance_problem(r.variance, glwe, f"{where}.params"),
-            ]
-        return [problem for problem in checks if problem]
+        for kind, keys in evaluation.items():
+            for i, key in enumerate(keys):
+                where, p = f"keyset.{kind}.{i}", key.params
+                for role, key_id, dimension in (
+                    ("input", key.inputId, p.inputLweDimension),
+                    ("output", key.outputId, p.output_dimension),
+                ):
+                    if key_id >= len(dims):
+                        problems.append(
+                            f"{where}: {role} key {key_id} does not exist ({len(dims)} secret keys)"
+                        )
+                    elif dims[key_id] != dimension:
+                        problems.append(
+                            f"{where}: its {role} dimension {dimension} is not that of secret key "
+                            f"{key_id} ({dims[key_id]})"
+                        )
+                noise = variance_problem(p.variance, p.output_dimension, f"{where}.params")
+                problems += [noise] if noise else []
+        return problems
 
     def _gate_problems(self) -> list[str]:
         dims = [key.params.lweDimension for key in self.keyset.lweSecretKeys]
@@ -440,11 +437,3 @@ class ClientSpecs(_Closed):
             f"{'input' if wrong[0].startswith('input') else 'output'} (the toolkit's circuits "
             "take and give no TFHE-rs values)"
         ]
-
-
-def _check_decomposition(level_count: int, base_log: int) -> None:
-    if level_count * base_log > MAX_DECOMPOSITION_BITS:
-        raise ValueError(
-            f"levelCount × baseLog is {level_count * base_log}, over the "
-            f"{MAX_DECOMPOSITION_BITS} bits of a 64-bit integer"
-        )
