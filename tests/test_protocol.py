@@ -2,8 +2,9 @@
 and signatures. Pure Python with fake byte blobs: nothing here imports or runs Concrete.
 
 The client specs are Concrete's own JSON (serialized by concrete-python 2.10 from a compiled
-1 × 2 → 1 circuit), reshaped where a spec needs other input shapes; the protocol only reads
-their shapes, so no compilation is needed to build a valid spec.
+1 × 2 → 1 circuit), reshaped consistently where a spec needs other input shapes, so no
+compilation is needed to build a valid spec; the property tests also mutate a real tree's
+(``tests/specs_for_tests.py``). The client-specs schema itself: ``tests/test_client_specs.py``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,13 @@ from fhe_toolkit.protocol.manifest import (
     read_manifest,
     write_manifest,
 )
-from fhe_toolkit.protocol.modelspec import ModelSpec, read_spec, validate_spec
+from fhe_toolkit.protocol.modelspec import (
+    LinearSpec,
+    ModelSpec,
+    load_spec,
+    read_spec,
+    validate_spec,
+)
 from fhe_toolkit.protocol.signing import (
     SIGNATURE,
     create_identity,
@@ -60,6 +67,7 @@ from fhe_toolkit.protocol.signing import (
     verify_directory,
 )
 from fhe_toolkit.protocol.training_spec import TrainingSpec
+from tests.specs_for_tests import assert_secure, linear_spec_raw, tree_spec_raw
 
 # --- specs -------------------------------------------------------------------------------------
 REAL_CLIENT_SPECS = """{"keyset": {"lweSecretKeys": [{"id": 0, "params": {"lweDimension": 512,
@@ -95,6 +103,10 @@ def client_specs(inputs: list[list[int]] | None = None, n_outputs: int = 1) -> d
             lwe["concreteShape"]["dimensions"] = [*shape, 513]
             circuit["inputs"].append(entry)
     circuit["outputs"] = [copy.deepcopy(circuit["outputs"][0]) for _ in range(n_outputs)]
+    for side in ("input", "output"):
+        nulls = [None] * len(circuit[f"{side}s"])
+        for entry in ("types", "shapes"):
+            specs["tfhers_specs"][f"{side}_{entry}_per_func"] = {circuit["name"]: nulls}
     return specs
 
 
@@ -166,7 +178,7 @@ def test_the_test_specs_are_valid_and_their_digest_ignores_key_order():
         (lambda r: r["output_quantizer"].update(scale=0.0), "scale must be positive"),
         (lambda r: r["output_quantizer"].update(zero_point=[None]), "finite numbers"),
         (lambda r: r.update(input_quantizers=[quantizer()] * 3), "1 \\(shared\\) or 2"),
-        (lambda r: r.update(client_specs={"keyset": {}}), "not Concrete client specs"),
+        (lambda r: r.update(client_specs={"keyset": {}}), "client_specs.circuits: Field required"),
         (lambda r: r["client_specs"]["circuits"].append({}), "one circuit"),
     ],
 )
@@ -218,6 +230,15 @@ JSON = st.recursive(
 )
 
 
+EDGE_NUMBERS = (
+    st.sampled_from([0, 1, -1, 3, 511, 512, 2**31, 2**32, 2**40, 2**64, True, 0.0, -0.5])
+    | st.sampled_from([1e-300, 1e300, 1e-40, float("nan"), float("inf")])
+    | st.integers()
+    | st.floats()
+)
+"""A number where one was (or anywhere): the values at and past the edges of every range."""
+
+
 def positions(node: Any) -> list[tuple[Any, Any]]:
     """Every (container, key) pair inside ``node``, at any depth."""
     keys = list(node) if isinstance(node, dict) else range(len(node))
@@ -238,7 +259,7 @@ def mutated(draw: st.DrawFn, valid: dict[str, Any], extra_keys: list[str]) -> ob
     raw = copy.deepcopy(valid)
     for _ in range(draw(st.integers(1, 3))):
         node, key = draw(st.sampled_from([(raw, None), *positions(raw)]))
-        action = draw(st.sampled_from(["replace", "delete", "add"]))
+        action = draw(st.sampled_from(["replace", "delete", "add", "number"]))
         if key is None or action == "add":
             target = node if key is None else node[key]
             if isinstance(target, dict):
@@ -247,22 +268,28 @@ def mutated(draw: st.DrawFn, valid: dict[str, Any], extra_keys: list[str]) -> ob
                 target.append(draw(JSON))
         elif action == "replace":
             node[key] = draw(JSON)
+        elif action == "number":
+            node[key] = draw(EDGE_NUMBERS)
         else:
             del node[key]
     return raw
 
 
 SPEC_KEYS = [*model_spec_raw(), *training_spec_raw(), "zero_point", "scale", "circuits"]
+SPEC_KEYS += ["lweDimension", "variance", "keyId", "tfhers_specs", "serialized_processing"]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    raw=mutated(model_spec_raw(), SPEC_KEYS) | mutated(training_spec_raw(), SPEC_KEYS),
+    raw=mutated(model_spec_raw(), SPEC_KEYS)
+    | mutated(training_spec_raw(), SPEC_KEYS)
+    | mutated(tree_spec_raw(), SPEC_KEYS),
     spec_type=st.sampled_from([ModelSpec, TrainingSpec]),
 )
 def test_validate_spec_raises_only_spec_errors(raw, spec_type):
     """Whatever the decoded JSON, ``validate_spec`` returns a spec or raises :class:`SpecError`
-    (hypothesis found a dict inside ``zero_point`` raising TypeError, now refused by name)."""
+    (hypothesis found a dict inside ``zero_point`` raising TypeError, now refused by name); and
+    what it accepts has client specs within Concrete's 128-bit ranges."""
     try:
         spec = validate_spec(raw, spec_type, "fuzzed")
     except SpecError as exc:
@@ -270,6 +297,26 @@ def test_validate_spec_raises_only_spec_errors(raw, spec_type):
         return
     assert isinstance(spec, spec_type)
     assert validate_spec(json.loads(spec.to_json()), spec_type, "again").sha256() == spec.sha256()
+    assert_secure(json.loads(spec.client_specs_bytes()))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    content=st.binary(max_size=64)
+    | JSON.map(lambda value: json.dumps(value).encode())
+    | mutated(tree_spec_raw(), SPEC_KEYS).map(lambda value: json.dumps(value).encode())
+    | mutated(linear_spec_raw(), SPEC_KEYS).map(lambda value: json.dumps(value).encode())
+)
+def test_loading_any_file_as_a_model_spec_raises_only_spec_errors(content):
+    """Bytes, JSON of any shape, a tree spec or a linear one mutated: a spec or a SpecError."""
+    with tempfile.TemporaryDirectory() as name:
+        path = Path(name) / "spec.json"
+        path.write_bytes(content)
+        try:
+            spec = load_spec(path)
+        except SpecError:
+            return
+    assert isinstance(spec, ModelSpec | LinearSpec)
 
 
 # --- manifests ---------------------------------------------------------------------------------

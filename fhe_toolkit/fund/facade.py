@@ -6,12 +6,14 @@ See :mod:`fhe_toolkit.fund.base` for the fund directory's layout.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
 from fhe_toolkit.errors import FundError
 from fhe_toolkit.fhe.versions import check_versions
+from fhe_toolkit.fund.dry_run import DryRunLimits, DryRunReport, prove_usable
 from fhe_toolkit.fund.intake import Intake
 from fhe_toolkit.fund.leaderboard import leaderboard
 from fhe_toolkit.fund.resolution import Resolution
@@ -33,16 +35,32 @@ class Fund(Rounds, Intake, Resolution):
         key = public_key if isinstance(public_key, bytes) else load_public_key(public_key)
         self.db.add_participant(name, key)
 
-    def register(self, spec_path: str | Path, *, participant: str, stake: float) -> AnyModelSpec:
-        """Validate a participant's model spec and register it, owned by ``participant``, with a
-        stake. A changed spec under a known name becomes the model's next version.
+    def register(
+        self,
+        spec_path: str | Path,
+        *,
+        participant: str,
+        stake: float,
+        limits: DryRunLimits | None = None,
+        on_dry_run: Callable[[DryRunReport], None] | None = None,
+    ) -> AnyModelSpec:
+        """Validate a participant's model spec, prove it usable, and register it, owned by
+        ``participant``, with a stake. A changed spec under a known name becomes the model's
+        next version.
 
-        Refused: anything but a valid plain-JSON spec; a spec compiled with another Concrete
-        version than the fund runs; a name owned by another participant or registered for
-        another target; a negative stake; an unknown participant.
+        Refused, with nothing stored: anything but a valid plain-JSON spec (client specs within
+        what Concrete produces at 128-bit security, see
+        :mod:`~fhe_toolkit.protocol.client_specs`); a spec compiled with another Concrete
+        version than the fund runs; a spec that fails its dry run (keys made and a batch
+        encrypted in a worker process under ``limits``, see :mod:`~fhe_toolkit.fund.dry_run`;
+        ``on_dry_run`` is told what it measured); a name owned by another participant or
+        registered for another target; a negative stake; an unknown participant.
         """
         spec = load_spec(spec_path)
         check_versions(spec)
+        report = prove_usable(spec, limits)
+        if on_dry_run is not None:
+            on_dry_run(report)
         self.db.register_model(
             spec.name, participant, spec.family, spec.target, spec.to_json(), spec.sha256(),
             float(stake),

@@ -26,23 +26,30 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fhe_toolkit.errors import SpecError
+from fhe_toolkit.protocol.client_specs import ClientSpecs
 from fhe_toolkit.protocol.families import FAMILIES, Family, get_family
 from fhe_toolkit.protocol.files import read_regular
 
 MAX_SPEC_BYTES = 2_000_000
 MAX_FEATURES = 5_000
 MAX_WEIGHT_BITS = 16
+MAX_QUANTIZER_BITS = 16
+"""Concrete's widest table lookup; far finer than the five values of a Numerai feature."""
+SCALE_RANGE = (2.0**-60, 2.0**60)
+MAX_ZERO_POINT = 2.0**53
+ZERO_POINT_DEPTH = 2
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 Number = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class QuantizerSpec(BaseModel):
-    """The parameters of one Concrete ML ``UniformQuantizer``: numbers and flags only."""
+    """The parameters of one Concrete ML ``UniformQuantizer``: numbers and flags only, each in
+    a range where quantized values stay exact 64-bit integers."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    n_bits: int | None = Field(default=None, ge=1, le=32)
+    n_bits: int | None = Field(default=None, ge=1, le=MAX_QUANTIZER_BITS)
     is_signed: bool | None = None
     is_symmetric: bool | None = None
     is_narrow: bool | None = None
@@ -57,22 +64,42 @@ class QuantizerSpec(BaseModel):
 
     @field_validator("scale")
     @classmethod
-    def _positive_scale(cls, value: float | list[float]) -> float | list[float]:
+    def _sane_scale(cls, value: float | list[float]) -> float | list[float]:
         values = value if isinstance(value, list) else [value]
         if not values or any(v <= 0 for v in values):
             raise ValueError("scale must be positive")
+        low, high = SCALE_RANGE
+        wild = [v for v in values if not low <= v <= high]
+        if wild:
+            raise ValueError(
+                f"scale {wild[0]:g} is outside [2**-60, 2**60]: a feature divided by it would "
+                "not quantize to a 64-bit integer (Concrete ML's scales are far inside)"
+            )
         return value
 
     @field_validator("zero_point")
     @classmethod
-    def _finite_zero_point(cls, value: float | list[Any]) -> float | list[Any]:
+    def _sane_zero_point(cls, value: float | list[Any]) -> float | list[Any]:
+        if not _numbers_only(value, ZERO_POINT_DEPTH):
+            raise ValueError(
+                "zero_point must hold finite numbers only: a number, or lists of numbers at "
+                f"most {ZERO_POINT_DEPTH} deep"
+            )
         try:
             flat = np.asarray(value, dtype=np.float64).ravel()
-        except (TypeError, ValueError):
-            raise ValueError("zero_point must hold numbers only") from None
-        if flat.size == 0 or not np.all(np.isfinite(flat)):
-            raise ValueError("zero_point must hold finite numbers")
+        except ValueError:
+            raise ValueError("zero_point's lists must all have the same length") from None
+        if flat.size == 0 or flat.size > MAX_FEATURES or not np.all(np.isfinite(flat)):
+            raise ValueError(f"zero_point must hold finite numbers (1 to {MAX_FEATURES} of them)")
+        if np.any(np.abs(flat) > MAX_ZERO_POINT):
+            raise ValueError("zero_point must be within ±2**53 (exact in a float)")
         return value
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> QuantizerSpec:
+        if self.rmin is not None and self.rmax is not None and self.rmin > self.rmax:
+            raise ValueError(f"rmin {self.rmin} is above rmax {self.rmax}")
+        return self
 
     @classmethod
     def from_quantizer(cls, quantizer: Any) -> QuantizerSpec:
@@ -117,12 +144,18 @@ class PublicSpec(BaseModel):
 
 
 class CircuitSpec(PublicSpec):
-    """A public spec of a compiled Concrete circuit: the fund makes keys from its client specs."""
+    """A public spec of a compiled Concrete circuit: the fund makes keys from its client specs
+    (a closed schema, :class:`~fhe_toolkit.protocol.client_specs.ClientSpecs`)."""
 
-    client_specs: dict[str, Any]
+    client_specs: ClientSpecs
 
     def client_specs_bytes(self) -> bytes:
-        return json.dumps(self.client_specs).encode()
+        return json.dumps(self.client_specs.model_dump(mode="json")).encode()
+
+    def circuit_shapes(self) -> tuple[list[list[int]], int]:
+        """The encrypted inputs' shapes and the number of outputs."""
+        circuit = self.client_specs.circuit
+        return [gate.shape for gate in circuit.inputs], len(circuit.outputs)
 
 
 class ModelSpec(CircuitSpec):
@@ -151,7 +184,7 @@ class ModelSpec(CircuitSpec):
                 f"input_quantizers must hold 1 (shared) or {len(self.features)} (one per "
                 f"feature) quantizers, not {len(self.input_quantizers)}"
             )
-        shapes, n_outputs = circuit_shapes(self.client_specs)
+        shapes, n_outputs = self.circuit_shapes()
         if len(shapes) != 1 or n_outputs != 1:
             raise ValueError("the circuit must take one input and give one output")
         shape = shapes[0]
@@ -210,28 +243,6 @@ AnyModelSpec = ModelSpec | LinearSpec
 """A model spec of either path: a compiled circuit with its own keys, or packed linear."""
 
 
-def circuit_shapes(client_specs: dict[str, Any]) -> tuple[list[list[int]], int]:
-    """The encrypted inputs' shapes and the number of outputs, read from Concrete's client specs
-    JSON (one circuit is all the toolkit accepts)."""
-    try:
-        circuits = client_specs["circuits"]
-        if len(circuits) != 1:
-            raise ValueError("the client specs must describe one circuit")
-        shapes = [
-            put["typeInfo"]["lweCiphertext"]["abstractShape"]["dimensions"]
-            for put in circuits[0]["inputs"]
-        ]
-        n_outputs = len(circuits[0]["outputs"])
-        if not isinstance(client_specs["keyset"], dict):
-            raise ValueError("keyset is missing")
-    except (KeyError, TypeError, IndexError) as exc:
-        raise ValueError(f"client_specs are not Concrete client specs ({exc!r} missing)") from None
-    for dims in shapes:
-        if not (isinstance(dims, list) and all(isinstance(d, int) and d > 0 for d in dims)):
-            raise ValueError("client_specs give no valid input shape")
-    return shapes, n_outputs
-
-
 S = TypeVar("S", bound=PublicSpec)
 
 
@@ -277,7 +288,9 @@ def validate_spec(raw: object, spec_type: type[S], source: str) -> S:
         return spec_type.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}" for err in exc.errors()[:8]
+            f"{'.'.join(map(str, err['loc'])) or 'spec'}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()[:8]
         )
         raise SpecError(
             f"{source} is not a valid {spec_type.KIND}: {problems}. Send the spec as "
@@ -288,6 +301,13 @@ def validate_spec(raw: object, spec_type: type[S], source: str) -> S:
 def _json_type(value: object) -> str:
     names = {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _numbers_only(value: object, depth: int) -> bool:
+    """``value`` is a number (not a bool), or lists of numbers at most ``depth`` deep."""
+    if isinstance(value, list):
+        return depth > 0 and all(_numbers_only(item, depth - 1) for item in value)
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _plain(value: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fhe_toolkit.protocol.modelspec import CircuitSpec, QuantizerSpec, circuit_shapes
+from fhe_toolkit.protocol.modelspec import CircuitSpec, QuantizerSpec
 
 TRAINING_INPUTS = ("x", "y", "weights", "bias")
 TRAINING_OUTPUTS = ("weights", "bias")
@@ -61,7 +61,7 @@ class TrainingSpec(CircuitSpec):
             )
         n, b = len(self.features), self.batch_size
         expected = [[1, b, n], [1, b, 1], [1, n, 1], [1, 1, 1]]
-        shapes, n_outputs = circuit_shapes(self.client_specs)
+        shapes, n_outputs = self.circuit_shapes()
         if shapes != expected or n_outputs != 2:
             raise ValueError(
                 f"the circuit takes inputs of shapes {shapes} and gives {n_outputs} outputs, but "
