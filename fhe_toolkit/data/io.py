@@ -120,6 +120,11 @@ def load_tournament(
     return df
 
 
+def parquet_columns(path: str | Path) -> list[str]:
+    """The column names of a parquet file, read from its schema (no rows)."""
+    return list(_parquet_schema(Path(path)).names)
+
+
 def _parquet_schema(path: Path) -> pa.Schema:
     if not path.is_file():
         raise DataValidationError(f"{path} does not exist or is not a file.")

@@ -35,7 +35,7 @@ from fhe_toolkit.scoring.mmc_forms import (
     mmc_finite_difference,
     mmc_pseudo_inverse,
 )
-from fhe_toolkit.scoring.neutralization import Neutralizer, neutralize
+from fhe_toolkit.scoring.neutralization import Neutralizer, neutralize, neutralize_for_scoring
 from fhe_toolkit.scoring.per_era import by_model, score_eras, summarize, summarize_series
 from fhe_toolkit.scoring.transforms import (
     center,
@@ -68,6 +68,7 @@ __all__ = [
     "neutral_contribution",
     "neutral_correlation",
     "neutralize",
+    "neutralize_for_scoring",
     "numerai_corr",
     "orthogonalize",
     "payout",
