@@ -227,7 +227,7 @@ def test_the_fund_scores_combines_and_pays_on_the_declared_neutralization(resolv
         circuit=neutralize_for_scoring(predictions[["circuit"]], live[small], 0.5, eras=eras),
     )
     stakes = pd.Series({"plain": 10.0, "exposed": 20.0, "circuit": 5.0})
-    meta = combine(scored, stakes, eras=eras)
+    meta = combine(scored, stakes, eras=eras).meta_model
     expected = by_model(summarize(score_eras(scored, live, meta_model=meta)))
     for metric in ("corr", "mmc", "fnc", "max_exposure"):
         np.testing.assert_allclose(

@@ -130,7 +130,7 @@ class Resolution(FundBase):
                 meta = combine(
                     chosen, stakes[models], eras=data[ERA], method=meta_model,
                     reputation=reputation if meta_model == "reputation_filtered" else None,
-                )  # fmt: skip
+                ).meta_model  # fmt: skip
             if meta is not None:
                 metas[f"meta_model:{target}"] = meta
             per_target.append(
