@@ -96,12 +96,14 @@ def test_an_exact_copy_of_the_meta_model_adds_nothing(result):
     assert abs(capped["mmc"].mean()) < 0.002 and (capped["corr_with_meta"] > 0.99).all()
 
 
-def test_splitting_a_signal_over_sybil_accounts_gains_nothing():
+@pytest.mark.parametrize("method", ["stake_weighted", "cluster_capped"])
+def test_splitting_a_signal_over_sybil_accounts_gains_nothing(method):
     """Five accounts holding one signal (stakes 1/5 each) earn per unit of stake what one
-    account with the same signal and the whole stake earns."""
-    split = run_lab(small(compare_methods=False)).summary.set_index("archetype")
+    account with the same signal and the whole stake earns, under the stake-weighted meta model
+    and under cluster capping at its default cap (a share of all stakes)."""
+    split = run_lab(small(compare_methods=False, method=method)).summary.set_index("archetype")
     alone = run_lab(
-        small(compare_methods=False, accounts={**DEFAULT_ACCOUNTS, "sybil": 1})
+        small(compare_methods=False, method=method, accounts={**DEFAULT_ACCOUNTS, "sybil": 1})
     ).summary.set_index("archetype")
     five, one = (s.at["sybil", "mean_payout_per_stake"] for s in (split, alone))
     assert one > 0.005, "the shared signal should earn something"

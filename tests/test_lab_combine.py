@@ -9,8 +9,8 @@ import pytest
 from fhe_toolkit.errors import ScoringInputError
 from fhe_toolkit.scoring import (
     COMBINE_METHODS,
+    DEFAULT_CLUSTER_CAP,
     cluster_capped,
-    combination_weights,
     combine,
     prediction_clusters,
     reputation_filtered,
@@ -33,10 +33,9 @@ def frame() -> tuple[pd.DataFrame, pd.Series]:
 def test_stake_weighted_is_todays_meta_model(frame):
     predictions, eras = frame
     stakes = pd.Series({"a": 1.0, "b": 2.0, "c": 0.5})
-    pd.testing.assert_series_equal(
-        combine(predictions, stakes, eras=eras),
-        stake_weighted_meta_model(predictions, stakes, eras=eras),
-    )
+    meta, weights = combine(predictions, stakes, eras=eras)
+    pd.testing.assert_series_equal(meta, stake_weighted_meta_model(predictions, stakes, eras=eras))
+    pd.testing.assert_series_equal(weights, stakes.rename("weight"))
     assert COMBINE_METHODS == ("stake_weighted", "reputation_filtered", "cluster_capped")
 
 
@@ -48,10 +47,10 @@ def test_reputation_filtered_keeps_only_reputable_models(frame):
     pd.testing.assert_series_equal(
         meta, stake_weighted_meta_model(predictions[["a"]], stakes[["a"]], eras=eras)
     )
-    weights = combination_weights(
+    weights = combine(
         predictions, stakes, eras=eras, method="reputation_filtered", reputation=reputation,
         reputation_threshold=-0.005,
-    )  # fmt: skip
+    ).weights  # fmt: skip
     assert weights.to_dict() == {"a": 1.0, "b": 2.0, "c": 0.0}
     with pytest.raises(ScoringInputError, match=r"no staked model has a reputation ≥ 0\.02"):
         reputation_filtered(predictions, stakes, eras=eras, reputation=reputation, threshold=0.02)
@@ -59,34 +58,52 @@ def test_reputation_filtered_keeps_only_reputable_models(frame):
         combine(predictions, stakes, eras=eras, method="reputation_filtered")
 
 
-def test_a_copy_adds_no_weight_under_cluster_capping(frame):
-    """a, a copy of a, and b: capped, the copies weigh what a alone does."""
+def test_copies_add_weight_to_their_forecast_only_up_to_the_cap(frame):
+    """a, a copy of a, b and c, stakes 1 each: the {a, copy} cluster holds 2/4 of all stakes,
+    and weighs at most ``cap`` of them."""
     predictions, eras = frame
     with_copy = predictions.assign(a_copy=predictions["a"])
     stakes = pd.Series({"a": 1.0, "b": 1.0, "c": 1.0, "a_copy": 1.0})
-    capped = cluster_capped(with_copy, stakes, eras=eras)
+    capped = combine(with_copy, stakes, eras=eras, method="cluster_capped", cap=0.25)
+    np.testing.assert_allclose(capped.weights.to_numpy(), [0.5, 1.0, 1.0, 0.5])
+    # Weighing what a alone would, the copies add nothing: the meta model without the copy.
     plain = stake_weighted_meta_model(predictions, stakes[["a", "b", "c"]], eras=eras)
-    np.testing.assert_allclose(capped, plain, atol=1e-12)
+    np.testing.assert_allclose(capped.meta_model, plain, atol=1e-12)
+    # Under the default cap (a tenth of all stakes) every one of the four forecasts is capped
+    # to the same weight.
+    default = combine(with_copy, stakes, eras=eras, method="cluster_capped").weights
+    assert DEFAULT_CLUSTER_CAP == 0.1
+    np.testing.assert_allclose(default.to_numpy(), [0.2, 0.4, 0.4, 0.2])
     # Stake-weighted, the copy doubles a's weight.
     doubled = stake_weighted_meta_model(with_copy, stakes, eras=eras)
     assert not np.allclose(doubled, plain)
 
 
-def test_sybils_weigh_their_largest_account(frame):
+def test_splitting_a_forecast_over_accounts_does_not_change_its_weight(frame):
+    """One signal held by one account, or split over four (slightly perturbed): the cluster
+    weighs the same, so each unit of stake in it weighs the same."""
     predictions, eras = frame
     rng = np.random.default_rng(1)
     sybils = {f"s{i}": predictions["a"] + 0.01 * rng.normal(size=ROWS) for i in range(4)}
-    together = predictions[["b"]].assign(**sybils)
-    stakes = pd.Series({"b": 0.5, "s0": 0.4, "s1": 0.3, "s2": 0.2, "s3": 0.1})
-    weights = combination_weights(together, stakes, eras=eras, method="cluster_capped")
-    np.testing.assert_allclose(weights[["s0", "s1", "s2", "s3"]].sum(), 0.4)
-    np.testing.assert_allclose(
-        weights[["s0", "s1", "s2", "s3"]] / stakes[["s0", "s1", "s2", "s3"]], 0.4
-    )
-    assert weights["b"] == 0.5
-    shared = combination_weights(together, stakes, eras=eras, method="cluster_capped", cap=0.4)
-    np.testing.assert_allclose(shared[["s0", "s1", "s2", "s3"]].sum(), 0.4 * stakes.sum())
-    assert shared["b"] == 0.5, "a cluster under its cap keeps its stake"
+    split = predictions[["b", "c"]].assign(**sybils)
+    alone = predictions[["b", "c"]].assign(s0=sybils["s0"])
+    for cap in (0.1, 0.3, 0.5, 1.0):
+        many = combine(
+            split,
+            pd.Series({"b": 1.0, "c": 2.0, "s0": 0.4, "s1": 0.3, "s2": 0.2, "s3": 0.1}),
+            eras=eras,
+            method="cluster_capped",
+            cap=cap,
+        )
+        one = combine(alone, pd.Series({"b": 1.0, "c": 2.0, "s0": 1.0}), eras=eras,
+                      method="cluster_capped", cap=cap)  # fmt: skip
+        sybil_weights = many.weights[list(sybils)]
+        np.testing.assert_allclose(sybil_weights.sum(), one.weights["s0"], rtol=1e-12)
+        np.testing.assert_allclose(
+            sybil_weights / pd.Series({"s0": 0.4, "s1": 0.3, "s2": 0.2, "s3": 0.1}),
+            one.weights["s0"], rtol=1e-12,
+        )  # fmt: skip
+        np.testing.assert_allclose(many.weights[["b", "c"]], one.weights[["b", "c"]])
 
 
 def test_clusters_link_by_absolute_correlation_single_linkage(frame):
@@ -112,10 +129,10 @@ def test_unstaked_models_link_nothing(frame):
     predictions, eras = frame
     bridge = (predictions["a"] + predictions["b"]) / np.sqrt(2)
     stakes = pd.Series({"a": 1.0, "b": 2.0, "c": 1.0, "bridge": 0.0})
-    weights = combination_weights(
+    weights = combine(
         predictions.assign(bridge=bridge), stakes, eras=eras, method="cluster_capped",
-        cluster_threshold=0.7,
-    )  # fmt: skip
+        cluster_threshold=0.7, cap=1.0,
+    ).weights  # fmt: skip
     assert weights.to_dict() == {"a": 1.0, "b": 2.0, "c": 1.0, "bridge": 0.0}
 
 
@@ -131,5 +148,8 @@ def test_inputs_are_checked_and_never_modified(frame):
         combine(predictions, stakes, eras=eras, method="equal")
     with pytest.raises(ScoringInputError, match="add up to 0"):
         combine(predictions, stakes * 0, eras=eras, method="cluster_capped")
-    with pytest.raises(ScoringInputError, match="cap must be a share"):
-        cluster_capped(predictions, stakes, eras=eras, cap=1.5)
+    for cap in (1.5, 0.0, float("nan"), True):
+        with pytest.raises(ScoringInputError, match="cap must be a share"):
+            cluster_capped(predictions, stakes, eras=eras, cap=cap)
+    with pytest.raises(ScoringInputError, match=r"unknown option\(s\) \['cluster_cap'\]"):
+        combine(predictions, stakes, eras=eras, method="cluster_capped", cluster_cap=0.2)

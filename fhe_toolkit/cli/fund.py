@@ -32,7 +32,7 @@ from fhe_toolkit.fund.dry_run import (
 )
 from fhe_toolkit.fund.leaderboard import SORT_KEYS, SUMMARY_COLUMNS
 from fhe_toolkit.protocol.signing import public_key_path
-from fhe_toolkit.scoring import COMBINE_METHODS
+from fhe_toolkit.scoring import COMBINE_METHODS, DEFAULT_CLUSTER_CAP
 
 fund_dir_option = click.option(
     "--fund-dir", default="fund", show_default=True,
@@ -345,8 +345,9 @@ def status(fund: Fund, round_id: str | None, output_format: str) -> None:
     type=click.Choice(COMBINE_METHODS),
     default="stake_weighted",
     show_default=True,
-    help="How the meta model combines the models (MMC is measured against it); compare them "
-    "with `fhe-toolkit simulate`.",
+    help="How the meta model combines the models (MMC is measured against it); cluster_capped "
+    "lets one forecast (a cluster of near-identical submissions) weigh at most "
+    f"{DEFAULT_CLUSTER_CAP:.0%} of all stakes. Compare them with `fhe-toolkit simulate`.",
 )
 @format_option
 @with_existing_fund
@@ -365,7 +366,9 @@ def score(
     All of it is recorded in one transaction (run it again if it was cut off). Writes
     rounds/ROUND_ID/results/per_era.csv and scores.csv (rounded aggregates only; the same
     columns every time). Targets are checked before anything is written. A round still open
-    before its deadline is refused unless --close-now.
+    before its deadline is refused unless --close-now. A model whose spec declares a
+    neutralization is scored, combined and paid on its decrypted predictions neutralized so,
+    era by era on the live features (column 'neutralized', and a note).
     """
     live = load_tournament(live_path)
     benchmark = fund_benchmark(load_tournament(benchmark_train), live) if benchmark_train else None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 import pandas as pd
-import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from fhe_toolkit.cli import (
     ToolkitClickError,
@@ -29,7 +29,7 @@ from fhe_toolkit.cli.options import (
     workers_option,
 )
 from fhe_toolkit.data import feature_columns, load_features_json, load_tournament
-from fhe_toolkit.data.io import FEATURES_JSON
+from fhe_toolkit.data.io import FEATURES_JSON, parquet_columns
 from fhe_toolkit.errors import ParticipantError
 from fhe_toolkit.participant import (
     SPEC_FILE,
@@ -39,9 +39,10 @@ from fhe_toolkit.participant import (
     run_bundle,
     train_model,
 )
-from fhe_toolkit.protocol.families import FAMILIES
+from fhe_toolkit.participant.model import NEUTRALIZED_MODE
+from fhe_toolkit.protocol.families import FAMILIES, Family
 from fhe_toolkit.protocol.files import read_regular
-from fhe_toolkit.protocol.modelspec import NAME_PATTERN
+from fhe_toolkit.protocol.modelspec import FUND_FEATURE_SETS, NAME_PATTERN, Neutralization
 
 
 @click.group()
@@ -51,6 +52,7 @@ def participant() -> None:
     \b
     1. fhe-toolkit participant train --train train.parquet --family linear --name me --out me/
     2. send me/model_spec.json to the fund; keep me/deployment/ (your weights) to yourself
+       (add --neutralize-features model to 1. to have the fund neutralize your predictions)
     3. fhe-toolkit identity new me.pem; give me.pem.pub to the fund
     4. fhe-toolkit participant run BUNDLE_DIR --model me/ --identity me.pem --out submission/
     5. send submission/ to the fund
@@ -120,6 +122,23 @@ def families() -> None:
     help="Compile a linear model into a circuit of its own (per-model keys) instead of running "
     "it on the round's packed encryption, the default for linear, ridge and logistic.",
 )
+@click.option(
+    "--neutralize-features",
+    "neutralize_features",
+    metavar="SET",
+    help="Declare in the spec that the fund neutralizes your decrypted predictions against "
+    "these features, era by era, before scoring and paying them (you never see your live "
+    "predictions, so you cannot do it yourself): 'model' (the model's own features), 'all' "
+    "(every feature of the live data), a feature set of features.json, or feature names "
+    "(comma-separated, or @FILE with one per line).",
+)
+@click.option(
+    "--neutralize-proportion",
+    type=float,
+    metavar="P",
+    help="Share of the predictions' fit on the --neutralize-features that the fund removes, "
+    "within [0, 1] (default: 1, fully neutral).",
+)
 @friendly_errors
 def train(
     train_path: Path,
@@ -135,6 +154,8 @@ def train(
     params: tuple[str, ...],
     seed: int,
     circuit: bool,
+    neutralize_features: str | None,
+    neutralize_proportion: float | None,
 ) -> None:
     """Train, compile and export a model; optionally check it on validation eras.
 
@@ -144,10 +165,19 @@ def train(
     compiles one instead). With --validation, prints CORR, FNC and exposure of the float model,
     the quantized model and the compiled circuit in simulation, so the cost of quantization is
     visible before anything is encrypted.
+
+    With --neutralize-features, the spec declares a neutralization that the fund applies to
+    your decrypted predictions before scoring and paying them; --validation then also shows the
+    simulated predictions neutralized so ('neutralized'), as the fund will score them.
     """
     if (out_dir / SPEC_FILE).exists():
         raise ToolkitClickError(f"{out_dir} holds an exported model already; choose a new --out.")
     features = _chosen_features(train_path, feature_set, feature_list, features_json)
+    declared = _declared_neutralization(
+        neutralize_features, neutralize_proportion, train_path, features_json
+    )
+    if declared is not None:
+        _check_linear_neutralization(FAMILIES[family], features, declared, train_path)
     data = load_tournament(train_path, features=features, targets=[target])
     with console.status(f"training {family} on {len(data):,} rows × {len(features)} features"):
         model = train_model(
@@ -157,14 +187,26 @@ def train(
     if not model.packed:
         with console.status("compiling for FHE"):
             compile_model(model, data)
-    spec = export_model(model, out_dir, name)
+    spec = export_model(model, out_dir, name, neutralization=declared)
     how = "packed: runs on the round's shared encryption" if model.packed else "compiled circuit"
     console.print(
         f"exported [bold]{spec.name}[/bold] ({family}, {len(features)} features, {how}) to "
         f"{out_dir}"
     )
+    if declared is not None:
+        console.print(
+            f"the spec declares a neutralization: the fund removes {declared.describe()} from "
+            "your decrypted predictions, era by era, before scoring them"
+        )
     if validation_path is not None:
-        validation = load_tournament(validation_path, features=features, targets=[target])
+        against = (
+            []
+            if declared is None
+            else declared.neutralizers(features, parquet_columns(validation_path))
+        )
+        validation = load_tournament(
+            validation_path, features=list(dict.fromkeys([*features, *against])), targets=[target]
+        )
         benchmark = None
         if benchmark_path is not None:
             table = read_predictions(benchmark_path)
@@ -174,9 +216,18 @@ def train(
                 )
             benchmark = table.iloc[:, 0]
         with console.status("scoring on validation eras"):
-            report = diagnose(model, validation, benchmark=benchmark)
-        table = report["mean"].unstack("metric")
-        print_frame(table, "Validation, mean per era: clear vs quantized vs simulated FHE", console)
+            report = diagnose(model, validation, benchmark=benchmark, neutralization=declared)
+        table = report["mean"].unstack("metric").reindex(report.index.unique("mode"))
+        title = "Validation, mean per era: clear vs quantized vs simulated FHE"
+        if declared is not None:
+            title += f" vs {NEUTRALIZED_MODE} (what the fund scores)"
+        print_frame(table, title, console)
+        if declared is not None:
+            notes.print(
+                f"{NEUTRALIZED_MODE}: the simulated predictions with {declared.describe()} "
+                f"removed ({len(against)} features, era by era), as the fund will neutralize "
+                "the live ones"
+            )
         report.to_csv(out_dir / "diagnostics.csv")
     console.print(
         f"next: send {out_dir / SPEC_FILE} to the fund; keep {out_dir / 'deployment'} private"
@@ -250,13 +301,10 @@ def _chosen_features(
     if feature_list is not None:
         if feature_set is not None:
             raise ToolkitClickError("give --features or --feature-set, not both.")
-        if feature_list.startswith("@"):
-            text = read_regular(feature_list[1:], 10_000_000, "a feature list", ParticipantError)
-            return [f for f in text.decode().split() if f]
-        return [f.strip() for f in feature_list.split(",") if f.strip()]
+        return _listed_features(feature_list)
     metadata_path = features_json or train_path.with_name(FEATURES_JSON)
     if features_json is None and not metadata_path.exists() and feature_set is None:
-        columns = feature_columns(list(pq.read_schema(train_path).names))
+        columns = feature_columns(parquet_columns(train_path))
         console.print(f"no {metadata_path}: using all {len(columns)} feature_* columns")
         return columns
     if not metadata_path.exists():
@@ -265,6 +313,91 @@ def _chosen_features(
             "features with --features (or leave out --feature-set to use every feature_* column)."
         )
     return load_features_json(metadata_path).features(feature_set or "small")
+
+
+def _listed_features(text: str) -> list[str]:
+    """Feature names, comma-separated or ``@FILE`` with one per line."""
+    if text.startswith("@"):
+        listed = read_regular(text[1:], 10_000_000, "a feature list", ParticipantError)
+        return [f for f in listed.decode().split() if f]
+    return [f.strip() for f in text.split(",") if f.strip()]
+
+
+def _declared_neutralization(
+    features: str | None, proportion: float | None, train_path: Path, features_json: Path | None
+) -> Neutralization | None:
+    """The neutralization --neutralize-features/--neutralize-proportion declare, checked before
+    anything is trained: a known feature set, features the training data has, a proportion
+    within [0, 1]."""
+    if features is None:
+        if proportion is not None:
+            raise ToolkitClickError(
+                "--neutralize-proportion needs --neutralize-features: name the features to "
+                "neutralize against (e.g. --neutralize-features model)."
+            )
+        return None
+    raw: dict[str, object] = {"proportion": 1.0 if proportion is None else proportion}
+    if features in FUND_FEATURE_SETS:
+        raw["feature_set"] = features
+    elif features.startswith(("@", "feature_")) or "," in features:
+        raw["features"] = _listed_features(features)
+    else:
+        metadata_path = features_json or train_path.with_name(FEATURES_JSON)
+        if not metadata_path.exists():
+            raise ToolkitClickError(
+                f"--neutralize-features {features!r} is not {' or '.join(FUND_FEATURE_SETS)} "
+                f"nor a list of feature names, and there is no {metadata_path} to look the set "
+                "up in (pass it with --features-json)."
+            )
+        raw |= {
+            "feature_set": features,
+            "features": load_features_json(metadata_path).features(features),
+        }
+    try:
+        declared = Neutralization.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            (
+                "--neutralize-proportion"
+                if err["loc"][:1] == ("proportion",)
+                else "--neutralize-features"
+            )
+            + ": "
+            + err["msg"].removeprefix("Value error, ")
+            for err in exc.errors()[:3]
+        )
+        raise ToolkitClickError(f"the declared neutralization is not valid: {problems}.") from None
+    absent = sorted(set(declared.features or []).difference(parquet_columns(train_path)))
+    if absent:
+        raise ToolkitClickError(
+            f"--neutralize-features names {len(absent)} feature(s) {train_path} does not have "
+            f"(e.g. {absent[:3]}); the fund neutralizes against features of the live data, "
+            "which has the same columns."
+        )
+    return declared
+
+
+def _check_linear_neutralization(
+    family: Family, features: list[str], declared: Neutralization, train_path: Path
+) -> None:
+    """A linear model's prediction is a linear function of its features: neutralized against
+    all of them, nothing is left (proportion 1: refused) or it is only rescaled (< 1: noted)."""
+    linear = family.packable and family.post_processing == "identity"
+    against = declared.neutralizers(features, parquet_columns(train_path))
+    if not linear or not set(features) <= set(against):
+        return
+    if declared.proportion == 1:
+        raise ToolkitClickError(
+            f"a {family.name} model neutralized fully against all of its own features has "
+            "nothing left to score (it would never be paid): neutralize against a subset of its "
+            "features (e.g. the riskiest), lower --neutralize-proportion, or pick a non-linear "
+            "family."
+        )
+    notes.print(
+        f"note: a {family.name} model neutralized against all of its own features is only "
+        "rescaled: its rank-based scores do not change. Neutralize against a subset of its "
+        "features to change them."
+    )
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, object]:

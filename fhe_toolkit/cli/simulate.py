@@ -96,9 +96,9 @@ def _accounts(given: tuple[str, ...]) -> dict[str, int]:
     "cluster_capped: |correlation| at which two submissions are one forecast.",
 )
 @click.option(
-    "--cluster-cap", type=float, default=None,
-    help="cluster_capped: cap a cluster at this share of all stakes (default: at its largest "
-    "member's stake).",
+    "--cluster-cap", default=DEFAULTS.cluster_cap, show_default=True,
+    help="cluster_capped: the largest share of all stakes one cluster (one forecast, however "
+    "many accounts submit it) weighs in the meta model; 1 caps nothing.",
 )  # fmt: skip
 @click.option(
     "--accounts", "account_counts", multiple=True, metavar="ARCHETYPE=COUNT",
@@ -115,7 +115,6 @@ def simulate(
     payout_factor: float,
     multipliers: str,
     compare: bool,
-    cluster_cap: float | None,
     account_counts: tuple[str, ...],
     no_report: bool,
     **settings: object,
@@ -138,7 +137,7 @@ def simulate(
         multipliers=_floats(multipliers),
     )  # fmt: skip
     config = LabConfig(
-        data_path=data_path, rule=rule, compare_methods=compare, cluster_cap=cluster_cap,
+        data_path=data_path, rule=rule, compare_methods=compare,
         accounts=_accounts(account_counts), **settings,  # type: ignore[arg-type]
     )  # fmt: skip
     with progress_bar("steps") as progress:

@@ -126,6 +126,13 @@ def load_tournament(
     return df
 
 
+def parquet_columns(path: str | Path) -> list[str]:
+    """The column names of a parquet file, read from its schema (no rows)."""
+    path = Path(path)
+    with open_regular(path, "a parquet file", DataValidationError) as (handle, _):
+        return list(_parquet_schema(handle, path).names)
+
+
 def _parquet_schema(handle: BinaryIO, path: Path) -> pa.Schema:
     try:
         return pq.read_schema(handle)

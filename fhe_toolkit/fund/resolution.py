@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,14 +14,16 @@ import pyarrow as pa
 
 from fhe_toolkit.data import load_tournament
 from fhe_toolkit.data.schema import ERA, TARGET_VALUES, feature_columns
-from fhe_toolkit.errors import FundError
+from fhe_toolkit.errors import FundError, SpecError
 from fhe_toolkit.fund.base import FundBase
 from fhe_toolkit.fund.leaderboard import leaderboard
 from fhe_toolkit.protocol.files import read_regular
-from fhe_toolkit.registry import RoundStatus
+from fhe_toolkit.protocol.modelspec import AnyModelSpec, model_spec_from
+from fhe_toolkit.registry import RoundRecord, RoundStatus
 from fhe_toolkit.scoring import (
     by_model,
     combine,
+    neutralize_for_scoring,
     payout,
     payout_score,
     score_eras,
@@ -32,8 +35,12 @@ PUBLISHED_DECIMALS = 4
 MAX_TARGETS_BYTES = 2 * 2**30
 MAX_UNRESOLVED_SHARE = 0.5
 """A target a model is scored on may be NaN (unresolved) for at most this share of live rows."""
+NEUTRALIZED = "neutralized"
+"""The ``scores.csv`` column holding the share of its fit on the declared features that was
+removed from each model's predictions before scoring (0: its spec declares no neutralization)."""
 PAYMENT_COLUMNS = ["stake", "score", "payout", "stake_after", "reputation"]
-"""The last columns of ``scores.csv``, after the metrics (in alphabetical order)."""
+"""The last columns of ``scores.csv``, after the metrics (in alphabetical order) and
+:data:`NEUTRALIZED`."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +73,13 @@ class Resolution(FundBase):
         ``meta_model`` (:data:`fhe_toolkit.scoring.COMBINE_METHODS`: ``stake_weighted``,
         ``reputation_filtered`` on the models' current reputations, ``cluster_capped``);
         payouts use the stakes the round opened with and the mean CORR and MMC over the round's
-        eras; gains add to stakes, losses burn them. Writes rounded aggregates to
-        ``rounds/<round>/results``. A round resolved already is not paid twice: its results
-        are exported again from the database (and the inputs given are not used: a note says
-        so). An open round is refused before its deadline unless ``close_now`` closes it.
+        eras; gains add to stakes, losses burn them. A model whose spec (the version the round
+        was opened with) declares a neutralization is scored, combined and paid on its decrypted
+        predictions neutralized so, era by era on the live features; the ``neutralized`` column
+        and a note say so. Writes rounded aggregates to ``rounds/<round>/results``. A round
+        resolved already is not paid twice: its results are exported again from the database
+        (and the inputs given are not used: a note says so). An open round is refused before
+        its deadline unless ``close_now`` closes it.
 
         Refused before anything is written: targets whose ids do not cover the round's live
         rows, values outside the buckets, a target a model uses missing or unresolved for more
@@ -89,7 +99,7 @@ class Resolution(FundBase):
         predictions = self.predictions(round_id)
         targets_frame = _targets(targets)
         live_frame = live if isinstance(live, pd.DataFrame) else load_tournament(live)
-        specs = {name: self.spec(name) for name in predictions.columns}
+        specs = round_specs(record, predictions.columns)
         live_ids = pd.read_parquet(self.round_dir(round_id) / "live_ids.parquet").index
         _check_targets(targets_frame, live_ids, sorted({s.target for s in specs.values()}))
         if is_open:  # only once every input has checked out: a refusal leaves the round open
@@ -109,6 +119,7 @@ class Resolution(FundBase):
         )
         stakes = pd.Series({m: record.bundles[m].stake for m in predictions.columns}, dtype=float)
         features = feature_columns(list(data.columns))
+        predictions = _neutralized(predictions, specs, data, notes)
         reputation = leaderboard(self.db.models(), self.db.payouts())["reputation"].dropna()
         per_target, metas = [], {}
         for target in sorted({spec.target for spec in specs.values()}):
@@ -126,7 +137,7 @@ class Resolution(FundBase):
                 meta = combine(
                     chosen, stakes[models], eras=data[ERA], method=meta_model,
                     reputation=reputation if meta_model == "reputation_filtered" else None,
-                )  # fmt: skip
+                ).meta_model  # fmt: skip
             if meta is not None:
                 metas[f"meta_model:{target}"] = meta
             per_target.append(
@@ -180,12 +191,59 @@ class Resolution(FundBase):
         keys = ["era", "model", "target"]
         per_era = per_era[keys + sorted(c for c in per_era.columns if c not in keys)]
         per_era = per_era.sort_values(keys, ignore_index=True)
-        metrics = sorted(c for c in scores.columns if c not in PAYMENT_COLUMNS)
-        scores = scores.reindex(columns=metrics + PAYMENT_COLUMNS).sort_index()
+        specs = round_specs(self.round_record(round_id), scores.index)
+        scores = scores.assign(
+            **{NEUTRALIZED: [_declared_proportion(specs[m]) for m in scores.index]}
+        )
+        metrics = sorted(c for c in scores.columns if c not in [NEUTRALIZED, *PAYMENT_COLUMNS])
+        scores = scores.reindex(columns=[*metrics, NEUTRALIZED, *PAYMENT_COLUMNS]).sort_index()
         scores.index.name = "model"
         per_era.round(PUBLISHED_DECIMALS).to_csv(results / "per_era.csv", index=False)
         scores.round(PUBLISHED_DECIMALS).to_csv(results / "scores.csv")
         return RoundResults(per_era, scores, results)
+
+
+def round_specs(record: RoundRecord, models: pd.Index) -> dict[str, AnyModelSpec]:
+    """Each model's spec as the round was opened with it (the version its bundle and submission
+    were made for, whatever the model registered since)."""
+    return {
+        m: model_spec_from(
+            json.loads(record.bundles[m].spec_json), f"the spec of {m!r} in round {record.name!r}"
+        )
+        for m in models
+    }
+
+
+def _neutralized(
+    predictions: pd.DataFrame, specs: dict[str, AnyModelSpec], data: pd.DataFrame, notes: list[str]
+) -> pd.DataFrame:
+    """The predictions to score: each model's as decrypted, or neutralized as its spec declares
+    (era by era, against the declared features of the live data); a note for each neutralized."""
+    scored = predictions.copy()
+    for model, spec in specs.items():
+        declared = spec.neutralization
+        if declared is None:
+            continue
+        try:
+            against = declared.neutralizers(spec.features, list(data.columns))
+        except SpecError as exc:
+            raise FundError(
+                f"{model!r} declares a neutralization the live data given cannot serve: {exc} "
+                "Nothing was scored or paid; give the round's live data (the file it was opened "
+                "with)."
+            ) from None
+        scored[model] = neutralize_for_scoring(
+            predictions[[model]], data[against], declared.proportion, eras=data[ERA]
+        )[model]
+        notes.append(
+            f"{model}'s predictions were neutralized before scoring, as its spec declares: "
+            f"{declared.describe()} removed ({len(against)} features, era by era)."
+        )
+    return scored
+
+
+def _declared_proportion(spec: AnyModelSpec) -> float:
+    return 0.0 if spec.neutralization is None else spec.neutralization.proportion
 
 
 def _targets(targets: pd.DataFrame | str | Path) -> pd.DataFrame:

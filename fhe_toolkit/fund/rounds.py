@@ -17,7 +17,7 @@ import pandas as pd
 
 from fhe_toolkit.data import load_tournament
 from fhe_toolkit.data.schema import ERA, FEATURE_VALUES
-from fhe_toolkit.errors import FundError
+from fhe_toolkit.errors import FundError, SpecError
 from fhe_toolkit.fhe.codecs import SpecCodec
 from fhe_toolkit.fhe.keystore import TRAINING_KEYS
 from fhe_toolkit.fhe.packed import (
@@ -90,8 +90,9 @@ class Rounds(FundBase):
         live features encrypted once under a fresh round key (at most
         ``max_packed_per_participant`` packed models per participant: each one more decryption
         under the shared key; the rest are left out).
-        A model whose keys or encryption fail is left out, with the reason, and every other
-        model's bundle is published.
+        A model whose keys or encryption fail, or whose features (or declared neutralization
+        features) the live data lacks, is left out, with the reason, and every other model's
+        bundle is published.
 
         ``deadline``: submissions after it are refused (none: until the round is closed); it
         must be in the future. ``on_progress(model, rows_done, rows)`` reports encryption
@@ -131,6 +132,11 @@ class Rounds(FundBase):
             absent = [f for f in spec.features if f not in frame.columns]
             if absent:
                 left_out[spec.name] = f"the live data lacks its features {absent[:5]}"
+            elif spec.neutralization is not None:
+                try:
+                    spec.neutralization.neutralizers(spec.features, list(frame.columns))
+                except SpecError as exc:
+                    left_out[spec.name] = f"its declared neutralization cannot be applied: {exc}"
         linear = [s for s in specs.values() if isinstance(s, LinearSpec)]
         left_out |= self._over_the_cap(linear, max_packed_per_participant)
         self.public_key()

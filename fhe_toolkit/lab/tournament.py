@@ -38,10 +38,10 @@ from fhe_toolkit.lab.participants import (
 )
 from fhe_toolkit.scoring import (
     COMBINE_METHODS,
-    combination_weights,
+    DEFAULT_CLUSTER_CAP,
+    combine,
     payout,
     payout_score,
-    stake_weighted_meta_model,
 )
 from fhe_toolkit.scoring._checks import DEFAULT_MAX_FILTERED_INDEX_RATIO as RATIO
 from fhe_toolkit.scoring.meta_model import (
@@ -123,7 +123,7 @@ class LabConfig:
     reputation_rounds: int = 4
     reputation_threshold: float = 0.0
     cluster_threshold: float = 0.9
-    cluster_cap: float | None = None
+    cluster_cap: float = DEFAULT_CLUSTER_CAP
     copy_window: int = 8
     """Resolved rounds of published meta model the meta copycat fits on."""
     crowd_share: float = 0.5
@@ -139,7 +139,7 @@ class LabConfig:
             f"method in {list(COMBINE_METHODS)}": self.method in COMBINE_METHODS,
             "reputation_rounds ≥ 1": self.reputation_rounds >= 1,
             "0 < cluster_threshold ≤ 1": 0 < self.cluster_threshold <= 1,
-            "cluster_cap in (0, 1] or None": self.cluster_cap is None or 0 < self.cluster_cap <= 1,
+            "0 < cluster_cap ≤ 1": 0 < self.cluster_cap <= 1,
             "copy_window ≥ 1": self.copy_window >= 1,
             "0 < crowd_share < 1": 0 < self.crowd_share < 1,
             "recent_eras ≥ 2": self.recent_eras >= 2,
@@ -321,12 +321,12 @@ class Tournament:
             passing = reputation.reindex(stakes.index) >= cfg.reputation_threshold
             if not (passing & (stakes > 0)).any():
                 method, fallback = "stake_weighted", True
-        weights = combination_weights(
+        meta, weights = combine(
             predictions, stakes, eras=None, method=method, reputation=reputation,
             reputation_threshold=cfg.reputation_threshold,
             cluster_threshold=cfg.cluster_threshold, cap=cfg.cluster_cap,
         )  # fmt: skip
-        return stake_weighted_meta_model(predictions, weights, eras=None), weights, fallback
+        return meta, weights, fallback
 
 
 def _column_max(values: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fhe_toolkit.data.schema import ERA
 from fhe_toolkit.errors import ParticipantError
 from fhe_toolkit.fhe.codecs import LinearCodec, quantize_weights
 from fhe_toolkit.fhe.compiling import (
@@ -37,10 +38,11 @@ from fhe_toolkit.protocol.modelspec import (
     AnyModelSpec,
     LinearSpec,
     ModelSpec,
+    Neutralization,
     QuantizerSpec,
     load_spec,
 )
-from fhe_toolkit.scoring import score_eras, summarize
+from fhe_toolkit.scoring import neutralize_for_scoring, score_eras, summarize
 
 SPEC_FILE = "model_spec.json"
 DEPLOYMENT_DIR = "deployment"
@@ -48,6 +50,8 @@ TRAINING_FILE = "training.json"
 WEIGHTS_FILE = "linear_weights.json"
 """A packed model's private integer weights, in its deployment directory."""
 DEFAULT_WEIGHT_BITS = 8
+NEUTRALIZED_MODE = "neutralized"
+""":func:`diagnose`'s row for the predictions after the spec's declared neutralization."""
 
 
 @dataclass
@@ -92,7 +96,9 @@ class TrainedModel:
         """Ready to export: a packed model always is (it has no circuit)."""
         return self.packed or bool(getattr(self.estimator, "_is_compiled", False))
 
-    def linear_parts(self, name: str) -> tuple[np.ndarray, LinearSpec]:
+    def linear_parts(
+        self, name: str, neutralization: Neutralization | None = None
+    ) -> tuple[np.ndarray, LinearSpec]:
         """A packed model's private integer weights and its public spec under ``name``."""
         float_model = self.estimator.sklearn_model
         coef = np.asarray(float_model.coef_, dtype=np.float64).ravel()
@@ -108,6 +114,7 @@ class TrainedModel:
             scale=scale,
             intercept=intercept,
             versions=package_versions(),
+            neutralization=neutralization,
         )
         return weights, spec
 
@@ -185,14 +192,26 @@ def diagnose(
     benchmark: pd.Series | None = None,
     modes: Sequence[str] = ("clear", "quantized", "simulated"),
     exposure_features: Sequence[str] | None = None,
+    neutralization: Neutralization | None = None,
 ) -> pd.DataFrame:
     """Score the model on validation eras in each mode, so the quantization loss is visible.
 
     Returns per (mode, metric) the mean, std, Sharpe and max drawdown over eras: CORR, BMC
     (when a benchmark is given), FNC and feature exposure, with the shared scoring modules.
+
+    ``neutralization``: what the model's spec declares. One more mode, ``neutralized``, is then
+    the last of ``modes`` (by default the simulated FHE predictions: what the fund decrypts)
+    neutralized as the fund will neutralize the live predictions: era by era, against the
+    declared features of ``validation``.
     """
     rows = validation[validation[model.target].notna()]
     predictions = pd.DataFrame({mode: model.predict(rows, mode) for mode in modes})
+    if neutralization is not None:
+        against = neutralization.neutralizers(model.features, list(rows.columns))
+        last = predictions.columns[-1]
+        predictions[NEUTRALIZED_MODE] = neutralize_for_scoring(
+            predictions[[last]], rows[against], neutralization.proportion, eras=rows[ERA]
+        )[last]
     per_era = score_eras(
         predictions,
         rows,
@@ -204,10 +223,18 @@ def diagnose(
     return summarize(per_era).rename_axis(["mode", "metric"])
 
 
-def export_model(model: TrainedModel, out_dir: str | Path, name: str) -> AnyModelSpec:
+def export_model(
+    model: TrainedModel,
+    out_dir: str | Path,
+    name: str,
+    *,
+    neutralization: Neutralization | None = None,
+) -> AnyModelSpec:
     """Write the deployment (private) and the public model spec into ``out_dir``.
 
     A circuit model must be compiled; a packed model's deployment is its integer weights.
+    ``neutralization``: declared in the spec, the fund applies it to the decrypted predictions
+    before scoring them (see :class:`~fhe_toolkit.protocol.modelspec.Neutralization`).
     Refuses to overwrite an existing model directory's deployment.
     """
     if not model.is_compiled:
@@ -220,9 +247,9 @@ def export_model(model: TrainedModel, out_dir: str | Path, name: str) -> AnyMode
             "issued for the old one would not fit a new compilation)."
         )
     spec = (
-        _export_packed(model, deployment, name)
+        _export_packed(model, deployment, name, neutralization)
         if model.packed
-        else _export_circuit(model, deployment, name)
+        else _export_circuit(model, deployment, name, neutralization)
     )
     (out / SPEC_FILE).write_text(spec.to_json())
     (out / TRAINING_FILE).write_text(
@@ -242,8 +269,10 @@ def export_model(model: TrainedModel, out_dir: str | Path, name: str) -> AnyMode
     return spec
 
 
-def _export_packed(model: TrainedModel, deployment: Path, name: str) -> LinearSpec:
-    weights, spec = model.linear_parts(name)
+def _export_packed(
+    model: TrainedModel, deployment: Path, name: str, neutralization: Neutralization | None
+) -> LinearSpec:
+    weights, spec = model.linear_parts(name, neutralization)
     deployment.mkdir(parents=True, exist_ok=True)
     write_atomic(
         deployment / WEIGHTS_FILE, json.dumps({"weights": weights.tolist()}).encode(), mode=0o600
@@ -251,7 +280,9 @@ def _export_packed(model: TrainedModel, deployment: Path, name: str) -> LinearSp
     return spec
 
 
-def _export_circuit(model: TrainedModel, deployment: Path, name: str) -> ModelSpec:
+def _export_circuit(
+    model: TrainedModel, deployment: Path, name: str, neutralization: Neutralization | None
+) -> ModelSpec:
     from concrete.ml.deployment import FHEModelDev
 
     estimator = model.estimator
@@ -265,6 +296,7 @@ def _export_circuit(model: TrainedModel, deployment: Path, name: str) -> ModelSp
         output_quantizer=QuantizerSpec.from_quantizer(estimator.output_quantizers[0]),
         client_specs=json.loads(estimator.fhe_circuit.client.specs.serialize()),
         versions=package_versions(),
+        neutralization=neutralization,
     )
     deployment.parent.mkdir(parents=True, exist_ok=True)
     FHEModelDev(str(deployment), estimator).save()

@@ -7,7 +7,9 @@ the same information as validated JSON numbers and strings instead:
 - the client crypto specs (Concrete's own JSON: key and ciphertext parameters),
 - the input quantizers and the output quantizer (scale, zero point, bits...),
 - the family (which fixes the post-processing, see :mod:`fhe_toolkit.protocol.families`), the
-  feature list, the target, rows per ciphertext, and the package versions it was compiled with.
+  feature list, the target, rows per ciphertext, and the package versions it was compiled with;
+- optionally, the neutralization the fund applies to the decrypted predictions before scoring
+  (:class:`Neutralization`).
 
 :class:`fhe_toolkit.fhe.codecs.SpecCodec` turns a spec into what the fund does with it: quantize
 feature rows, and turn decrypted integers into predictions, with Concrete ML's own arithmetic.
@@ -19,11 +21,21 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from fhe_toolkit.errors import SpecError
 from fhe_toolkit.protocol.client_specs import ClientSpecs
@@ -127,12 +139,7 @@ class PublicSpec(BaseModel):
     @field_validator("features")
     @classmethod
     def _feature_names(cls, value: list[str]) -> list[str]:
-        bad = [f for f in value if not re.fullmatch(r"feature_[A-Za-z0-9_]{1,120}", f)]
-        if bad:
-            raise ValueError(f"feature names must look like 'feature_*': {bad[:3]}")
-        if len(set(value)) != len(value):
-            raise ValueError("features are listed more than once")
-        return value
+        return _checked_feature_names(value)
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=1, sort_keys=True)
@@ -141,6 +148,94 @@ class PublicSpec(BaseModel):
         """A digest of the spec's content (key order and whitespace do not matter)."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+FUND_FEATURE_SETS = {
+    "model": "the model's own features",
+    "all": "every feature of the round's live data",
+}
+"""Neutralization feature sets the fund resolves itself, with what each means."""
+
+
+class Neutralization(BaseModel):
+    """Neutralization a model declares: after decrypting its predictions, the fund subtracts
+    ``proportion`` of their least-squares fit on the neutralization features (and 1s), era by
+    era, and scores and pays on the result.
+
+    A participant never sees its live predictions, so it cannot neutralize them itself. Being
+    part of the spec, the declaration is covered by the spec's digest, which the fund's bundle
+    and the participant's submission both sign.
+
+    The features: ``feature_set`` ``"model"`` or ``"all"`` (:data:`FUND_FEATURE_SETS`: the fund
+    resolves them against the round's live data); or an explicit ``features`` list, with
+    ``feature_set`` then only naming where the list came from (e.g. a features.json set).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    proportion: Number = Field(ge=0, le=1)
+    feature_set: str | None = Field(default=None, pattern=NAME_PATTERN)
+    features: list[str] | None = Field(default=None, min_length=1, max_length=MAX_FEATURES)
+
+    @field_validator("features")
+    @classmethod
+    def _feature_names(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _checked_feature_names(value)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Neutralization:
+        if self.features is None and self.feature_set not in FUND_FEATURE_SETS:
+            raise ValueError(
+                f"name the features: feature_set {sorted(FUND_FEATURE_SETS)} (resolved by the "
+                f"fund), or an explicit features list, not feature_set {self.feature_set!r} alone"
+            )
+        if self.features is not None and self.feature_set in FUND_FEATURE_SETS:
+            raise ValueError(
+                f"feature_set {self.feature_set!r} is resolved by the fund; give it without a "
+                "features list, or name the list otherwise"
+            )
+        return self
+
+    def neutralizers(self, model_features: Sequence[str], columns: Sequence[str]) -> list[str]:
+        """The features to neutralize against, all of them among ``columns`` (the data's);
+        ``model_features``: the model's own."""
+        if self.features is None:
+            if self.feature_set == "model":
+                return list(model_features)
+            return [c for c in map(str, columns) if c.startswith("feature_")]
+        absent = sorted(set(self.features).difference(map(str, columns)))
+        if absent:
+            raise SpecError(
+                f"the data lacks {len(absent)} of the {len(self.features)} features the spec "
+                f"neutralizes against (e.g. {absent[:3]}); neutralize against features the "
+                "round's live data has (or feature_set 'model' / 'all')."
+            )
+        return list(self.features)
+
+    def describe(self) -> str:
+        """What is removed, e.g. ``50% of their fit on the model's own features``."""
+        if self.features is None:
+            against = FUND_FEATURE_SETS[str(self.feature_set)]
+        else:
+            named = f" (set {self.feature_set!r})" if self.feature_set else ""
+            against = f"{len(self.features)} listed features{named}"
+        return f"{self.proportion:.0%} of their fit on {against}"
+
+
+class DeclaresNeutralization(BaseModel):
+    """The part of a model spec that says how the fund treats its decrypted predictions."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    neutralization: Neutralization | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_undeclared(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out when not declared: a spec written before the field existed keeps its digest.
+        data: dict[str, Any] = handler(self)
+        if self.neutralization is None:
+            data.pop("neutralization", None)
+        return data
 
 
 class CircuitSpec(PublicSpec):
@@ -158,7 +253,7 @@ class CircuitSpec(PublicSpec):
         return [gate.shape for gate in circuit.inputs], len(circuit.outputs)
 
 
-class ModelSpec(CircuitSpec):
+class ModelSpec(CircuitSpec, DeclaresNeutralization):
     """Everything the fund needs to encrypt for, and decode the outputs of, one compiled model."""
 
     KIND: ClassVar[str] = "model spec"
@@ -200,7 +295,7 @@ class ModelSpec(CircuitSpec):
         return get_family(self.family)
 
 
-class LinearSpec(PublicSpec):
+class LinearSpec(PublicSpec, DeclaresNeutralization):
     """A linear model that runs on the round's packed (GLWE) encryption of the live features.
 
     The participant's integer weights ``w`` (one per feature, ``|w| <= weight_bound``) stay with
@@ -241,6 +336,15 @@ class LinearSpec(PublicSpec):
 
 AnyModelSpec = ModelSpec | LinearSpec
 """A model spec of either path: a compiled circuit with its own keys, or packed linear."""
+
+
+def _checked_feature_names(value: list[str]) -> list[str]:
+    bad = [f for f in value if not re.fullmatch(r"feature_[A-Za-z0-9_]{1,120}", f)]
+    if bad:
+        raise ValueError(f"feature names must look like 'feature_*': {bad[:3]}")
+    if len(set(value)) != len(value):
+        raise ValueError("features are listed more than once")
+    return value
 
 
 S = TypeVar("S", bound=PublicSpec)

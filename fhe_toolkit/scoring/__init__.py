@@ -7,8 +7,10 @@ numerai-tools (``numerai_tools.scoring``) where the concept is the same.
 from fhe_toolkit.scoring._checks import DEFAULT_MAX_FILTERED_INDEX_RATIO
 from fhe_toolkit.scoring.combine import (
     COMBINE_METHODS,
+    DEFAULT_CLUSTER_CAP,
+    Combined,
+    CombineOptions,
     cluster_capped,
-    combination_weights,
     combine,
     prediction_clusters,
     reputation_filtered,
@@ -35,7 +37,7 @@ from fhe_toolkit.scoring.mmc_forms import (
     mmc_finite_difference,
     mmc_pseudo_inverse,
 )
-from fhe_toolkit.scoring.neutralization import Neutralizer, neutralize
+from fhe_toolkit.scoring.neutralization import Neutralizer, neutralize, neutralize_for_scoring
 from fhe_toolkit.scoring.per_era import by_model, score_eras, summarize, summarize_series
 from fhe_toolkit.scoring.transforms import (
     center,
@@ -48,13 +50,15 @@ from fhe_toolkit.scoring.transforms import (
 
 __all__ = [
     "COMBINE_METHODS",
+    "DEFAULT_CLUSTER_CAP",
     "DEFAULT_MAX_FILTERED_INDEX_RATIO",
+    "CombineOptions",
+    "Combined",
     "Neutralizer",
     "benchmark_contribution",
     "by_model",
     "center",
     "cluster_capped",
-    "combination_weights",
     "combine",
     "correlation_contribution",
     "exposure_summary",
@@ -68,6 +72,7 @@ __all__ = [
     "neutral_contribution",
     "neutral_correlation",
     "neutralize",
+    "neutralize_for_scoring",
     "numerai_corr",
     "orthogonalize",
     "payout",

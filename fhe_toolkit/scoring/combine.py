@@ -7,17 +7,18 @@ Three constructions, each a pure function over indexed pandas objects and built 
 - ``reputation_filtered``: only models whose reputation is at least a threshold count, weighed
   by stake: accounts that have scored badly lately (noise, lottery tickets, negations) drop out;
 - ``cluster_capped``: submissions that are nearly the same forecast (|correlation| ≥ a
-  threshold, linked by single linkage) form a cluster, and a cluster weighs no more than its
-  largest member's stake (or, with ``cap``, no more than that share of all stakes): copies of a
-  model and one signal split over several accounts (sybils) then add no weight to that signal.
+  threshold, linked by single linkage) form a cluster, and a cluster weighs no more than a share
+  of all stakes (``cap``, :data:`DEFAULT_CLUSTER_CAP`): no one forecast, however many accounts
+  or copies submit it, dominates the meta model, and splitting it over accounts gains nothing.
 
-:func:`combine` picks one by name. Each returns the meta model as a Series by id named
-``meta_model``; :func:`combination_weights` returns the stakes each construction really uses.
+:func:`combine` picks one by name and returns the meta model (a Series by id named
+``meta_model``) with the stakes the construction really used; :func:`reputation_filtered` and
+:func:`cluster_capped` return the meta model alone.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, TypedDict, Unpack, get_args
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,85 @@ DEFAULT_REPUTATION_THRESHOLD = 0.0
 """Reputation (mean payout score of the latest rounds) a model needs to count: above zero."""
 DEFAULT_CLUSTER_THRESHOLD = 0.9
 """|correlation| at which two submissions count as the same forecast."""
+DEFAULT_CLUSTER_CAP = 0.1
+"""The share of all stakes a cluster of one forecast may weigh at most. A share of the total,
+unlike a cap at the cluster's largest member, does not depend on how the cluster's stake is
+split over accounts, so splitting one signal over several accounts (sybils) gains nothing
+(``docs/lab.md`` has the lab's figures)."""
+
+
+class CombineOptions(TypedDict, total=False):
+    """The options of the constructions; each method reads its own and ignores the others."""
+
+    reputation: pd.Series | None
+    """``reputation_filtered``: a Series of reputations by model (required)."""
+    reputation_threshold: float
+    """``reputation_filtered``: the reputation a model needs (default 0)."""
+    cluster_threshold: float
+    """``cluster_capped``: the |correlation| that links two models (default 0.9)."""
+    cap: float
+    """``cluster_capped``: a cluster's largest share of all stakes, in (0, 1] (default 0.1)."""
+
+
+class Combined(NamedTuple):
+    """A meta model and the weights it was built with."""
+
+    meta_model: pd.Series
+    """By id, named ``meta_model``."""
+    weights: pd.Series
+    """The stake each model weighs, by model (0 for those left out), named ``weight``: the meta
+    model is :func:`stake_weighted_meta_model` of the predictions with these as stakes."""
+
+
+def combine(
+    predictions: pd.DataFrame,
+    stakes: pd.Series,
+    *,
+    eras: pd.Series | None,
+    method: str = "stake_weighted",
+    **options: Unpack[CombineOptions],
+) -> Combined:
+    """The meta model by ``method`` and the weights it uses: ``stake_weighted``
+    (:func:`stake_weighted_meta_model`), ``reputation_filtered`` (:func:`reputation_filtered`,
+    needs ``reputation=``) or ``cluster_capped`` (:func:`cluster_capped`), built era by era.
+
+    ``options``: :class:`CombineOptions` (``reputation``, ``reputation_threshold``,
+    ``cluster_threshold``, ``cap``); the other methods' options are ignored, unknown ones
+    refused.
+    """
+    if method not in COMBINE_METHODS:
+        raise ScoringInputError(
+            f"method must be one of {list(COMBINE_METHODS)}, but got {method!r}."
+        )
+    unknown = sorted(set(options).difference(CombineOptions.__annotations__))
+    if unknown:
+        raise ScoringInputError(
+            f"unknown option(s) {unknown}; the constructions take "
+            f"{list(CombineOptions.__annotations__)}."
+        )
+    predictions = check_predictions(predictions)
+    stakes = check_stakes(stakes, predictions.columns)
+    if stakes.sum() <= 0:
+        raise ScoringInputError(
+            "the stakes add up to 0, so there is no meta model; give at least one model a stake."
+        )
+    weights = stakes.rename("weight")
+    if method == "reputation_filtered":
+        reputation = options.get("reputation")
+        if reputation is None:
+            raise ScoringInputError(
+                "method 'reputation_filtered' needs reputation=, a Series of reputations by "
+                "model (e.g. the mean payout score of each model's latest rounds)."
+            )
+        threshold = options.get("reputation_threshold", DEFAULT_REPUTATION_THRESHOLD)
+        weights = _filter_by_reputation(stakes, reputation, threshold)
+    elif method == "cluster_capped":
+        clusters = prediction_clusters(
+            predictions[stakes.index[stakes > 0]], eras=eras,
+            threshold=options.get("cluster_threshold", DEFAULT_CLUSTER_THRESHOLD),
+        )  # fmt: skip
+        weights = _capped(stakes, clusters, options.get("cap", DEFAULT_CLUSTER_CAP))
+    return Combined(stake_weighted_meta_model(predictions, weights, eras=eras), weights)
 
 
 def reputation_filtered(
@@ -59,11 +139,10 @@ def reputation_filtered(
     ``reputation`` is a Series by model, e.g. the fund's mean payout score over the latest rounds.
     Raises :class:`~fhe_toolkit.errors.ScoringInputError` when no staked model qualifies.
     """
-    weights = combination_weights(
-        predictions, stakes, eras=eras, method="reputation_filtered",
-        reputation=reputation, reputation_threshold=threshold,
-    )  # fmt: skip
-    return stake_weighted_meta_model(predictions, weights, eras=eras)
+    options = CombineOptions(reputation=reputation, reputation_threshold=threshold)
+    return combine(
+        predictions, stakes, eras=eras, method="reputation_filtered", **options
+    ).meta_model
 
 
 def cluster_capped(
@@ -72,93 +151,24 @@ def cluster_capped(
     *,
     eras: pd.Series | None,
     threshold: float = DEFAULT_CLUSTER_THRESHOLD,
-    cap: float | None = None,
+    cap: float = DEFAULT_CLUSTER_CAP,
 ) -> pd.Series:
     """A stake-weighted meta model in which each cluster of near-identical forecasts is capped.
 
     1. cluster the staked models (:func:`prediction_clusters`): |correlation| ≥ ``threshold``
        links two models, and linked models share a cluster (single linkage);
-    2. cap each cluster's total stake: at its largest member's stake (``cap=None``), or at
-       ``cap`` × the sum of all stakes (``0 < cap ≤ 1``); a cluster below its cap keeps it all;
+    2. cap each cluster's total stake at ``cap`` × the sum of all stakes (``0 < cap ≤ 1``; 1
+       caps nothing); a cluster below its cap keeps it all;
     3. scale the members of a capped cluster down in proportion to their stakes;
     4. :func:`stake_weighted_meta_model` with those weights, era by era.
 
-    With ``cap=None``, k accounts submitting one forecast weigh what the largest of them would
-    alone, and a copy of a model adds nothing to that model's weight. Clusters are found once,
-    over all rows given (within-era correlations, averaged), and the weights apply to every era.
-
-    The choice has a price, measured by the incentive lab (``docs/lab.md``): with ``cap=None``
-    one signal split evenly over five accounts weighs a fifth of what one account with the same
-    stake does, so its MMC, and its payout per stake, rise (0.0083 against 0.0068 per round);
-    with ``cap=0.1`` splitting gains nothing, but copies add weight until the cap.
+    A cluster's weight depends only on its total stake, not on how many accounts hold it, so
+    splitting one forecast over several accounts gains nothing; copies of a model add weight
+    to its forecast until the cap. Clusters are found once, over all rows given (within-era
+    correlations, averaged), and the weights apply to every era.
     """
-    weights = combination_weights(
-        predictions, stakes, eras=eras, method="cluster_capped",
-        cluster_threshold=threshold, cap=cap,
-    )  # fmt: skip
-    return stake_weighted_meta_model(predictions, weights, eras=eras)
-
-
-def combine(
-    predictions: pd.DataFrame,
-    stakes: pd.Series,
-    *,
-    eras: pd.Series | None,
-    method: str = "stake_weighted",
-    reputation: pd.Series | None = None,
-    reputation_threshold: float = DEFAULT_REPUTATION_THRESHOLD,
-    cluster_threshold: float = DEFAULT_CLUSTER_THRESHOLD,
-    cap: float | None = None,
-) -> pd.Series:
-    """The meta model by ``method``: ``stake_weighted`` (:func:`stake_weighted_meta_model`),
-    ``reputation_filtered`` (:func:`reputation_filtered`, needs ``reputation``) or
-    ``cluster_capped`` (:func:`cluster_capped`). Options of the other methods are ignored."""
-    weights = combination_weights(
-        predictions, stakes, eras=eras, method=method, reputation=reputation,
-        reputation_threshold=reputation_threshold, cluster_threshold=cluster_threshold, cap=cap,
-    )  # fmt: skip
-    return stake_weighted_meta_model(predictions, weights, eras=eras)
-
-
-def combination_weights(
-    predictions: pd.DataFrame,
-    stakes: pd.Series,
-    *,
-    eras: pd.Series | None,
-    method: str = "stake_weighted",
-    reputation: pd.Series | None = None,
-    reputation_threshold: float = DEFAULT_REPUTATION_THRESHOLD,
-    cluster_threshold: float = DEFAULT_CLUSTER_THRESHOLD,
-    cap: float | None = None,
-) -> pd.Series:
-    """The stake each model weighs in ``method``'s meta model, by model (0 for those left out).
-
-    The meta model is :func:`stake_weighted_meta_model` of ``predictions`` with these as stakes.
-    See :func:`combine` for the arguments.
-    """
-    if method not in COMBINE_METHODS:
-        raise ScoringInputError(
-            f"method must be one of {list(COMBINE_METHODS)}, but got {method!r}."
-        )
-    predictions = check_predictions(predictions)
-    stakes = check_stakes(stakes, predictions.columns)
-    if stakes.sum() <= 0:
-        raise ScoringInputError(
-            "the stakes add up to 0, so there is no meta model; give at least one model a stake."
-        )
-    if method == "reputation_filtered":
-        if reputation is None:
-            raise ScoringInputError(
-                "method 'reputation_filtered' needs reputation=, a Series of reputations by "
-                "model (e.g. the mean payout score of each model's latest rounds)."
-            )
-        return _filter_by_reputation(stakes, reputation, reputation_threshold)
-    if method == "cluster_capped":
-        clusters = prediction_clusters(
-            predictions[stakes.index[stakes > 0]], eras=eras, threshold=cluster_threshold
-        )
-        return _capped(stakes, clusters, cap)
-    return stakes.rename("weight")
+    options = CombineOptions(cluster_threshold=threshold, cap=cap)
+    return combine(predictions, stakes, eras=eras, method="cluster_capped", **options).meta_model
 
 
 def prediction_clusters(
@@ -219,20 +229,16 @@ def _filter_by_reputation(stakes: pd.Series, reputation: object, threshold: floa
     return weights.rename("weight")
 
 
-def _capped(stakes: pd.Series, clusters: pd.Series, cap: float | None) -> pd.Series:
-    if cap is not None and not 0.0 < cap <= 1.0:
+def _capped(stakes: pd.Series, clusters: pd.Series, cap: float) -> pd.Series:
+    if isinstance(cap, bool) or not 0.0 < cap <= 1.0:
         raise ScoringInputError(
-            f"cap must be a share of all stakes within (0, 1], or None for the largest member's "
-            f"stake; got {cap}."
+            f"cap must be a share of all stakes within (0, 1] (1 caps nothing), but got {cap!r}."
         )
     staked = stakes[clusters.index].to_numpy()
     labels = clusters.to_numpy()
     totals = np.bincount(labels, weights=staked)
-    largest = np.zeros(len(totals))
-    np.maximum.at(largest, labels, staked)
-    limits = largest if cap is None else np.full(len(totals), cap * stakes.sum())
     with np.errstate(invalid="ignore", divide="ignore"):
-        scale = np.where(totals > 0, np.minimum(1.0, limits / totals), 1.0)
+        scale = np.where(totals > 0, np.minimum(1.0, cap * stakes.sum() / totals), 1.0)
     weights = stakes.copy()
     weights[clusters.index] = staked * scale[labels]
     return weights.rename("weight")

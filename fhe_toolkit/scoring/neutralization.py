@@ -2,7 +2,8 @@
 
 :class:`Neutralizer` factors the neutralizers of one era once and then neutralizes any number of
 prediction columns with two matrix products; :func:`neutralize` is numerai-tools' function on
-top of it, with an optional per-era grouping.
+top of it, with an optional per-era grouping, and :func:`neutralize_for_scoring` the per-era form
+the fund applies to predictions a model spec asks it to neutralize.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ RCOND = 1e-6
 """A neutralizer column whose part not explained by the columns already kept is below this share
 of its norm is dropped as dependent (numerai-tools' ``lstsq(rcond=1e-6)`` makes the same cut on
 singular values)."""
+SCORED_DIGITS = 10
+"""Digits (relative to an era's spread of the predictions) :func:`neutralize_for_scoring` keeps."""
 
 
 class Neutralizer:
@@ -110,6 +113,34 @@ def neutralize(
         residual = Neutralizer(design[rows]).residual(part, proportion)
         neutral[rows] = np.where(np.all(part == part[:1], axis=0), np.nan, residual)
     return pd.DataFrame(neutral, index=df.index, columns=df.columns)
+
+
+def neutralize_for_scoring(
+    predictions: pd.DataFrame,
+    neutralizers: pd.DataFrame,
+    proportion: float,
+    *,
+    eras: pd.Series,
+) -> pd.DataFrame:
+    """:func:`neutralize` era by era, for predictions that are then scored: what the fund applies
+    to a model's decrypted predictions when its spec declares a neutralization, and what
+    ``participant train --validation`` shows.
+
+    Each era's result is rounded to ``10**-SCORED_DIGITS`` of that era's spread (standard
+    deviation) of the predictions: the fit's rounding error (~1e-16) would otherwise break ties
+    the predictions had, and predictions the neutralizers explain fully (a linear model
+    neutralized against its own features with proportion 1) would come back as that error
+    instead of a constant, whose scores are undefined. A column constant within an era stays as
+    it is there (:func:`neutralize` gives NaN, which scoring refuses).
+    """
+    neutral = neutralize(predictions, neutralizers, proportion, eras=eras).to_numpy()
+    values = predictions.to_numpy(np.float64)
+    for _, rows in era_rows(predictions.index, eras):
+        spread = values[rows].std(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rounded = np.round(neutral[rows] / spread, SCORED_DIGITS) * spread
+        neutral[rows] = np.where(spread > 0, rounded, values[rows])
+    return pd.DataFrame(neutral, index=predictions.index, columns=predictions.columns)
 
 
 def check_features(features: object, name: str) -> pd.DataFrame:
