@@ -26,6 +26,7 @@ from fhe_toolkit.fund import Fund, fund_benchmark
 from fhe_toolkit.fund.base import MAX_PACKED_PER_PARTICIPANT
 from fhe_toolkit.fund.leaderboard import SORT_KEYS, SUMMARY_COLUMNS
 from fhe_toolkit.protocol.signing import public_key_path
+from fhe_toolkit.registry.stakes import DEFAULT_MAX_STAKE, STAKE_CEILING
 from fhe_toolkit.scoring import COMBINE_METHODS
 
 fund_dir_option = click.option(
@@ -117,7 +118,11 @@ def add_participant(fund: Fund, name: str, key: str) -> None:
 @click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
 @click.option("--participant", required=True, help="The participant who owns the model.")
 @click.option(
-    "--stake", type=float, required=True, help="The model's stake (payouts scale with it)."
+    "--stake",
+    type=float,
+    required=True,
+    help="The model's stake (payouts scale with it): ≥ 0 and at most the fund's cap "
+    f"(default {DEFAULT_MAX_STAKE:,.0f}; see `fund config`).",
 )
 @with_fund
 def register(fund: Fund, spec_path: Path, participant: str, stake: float) -> None:
@@ -134,14 +139,35 @@ def register(fund: Fund, spec_path: Path, participant: str, stake: float) -> Non
     )
 
 
-@fund.command("stake")
+# A negative AMOUNT reaches the command (and its message about stakes) instead of being taken
+# for an unknown option.
+@fund.command("stake", context_settings={"ignore_unknown_options": True})
 @click.argument("model")
 @click.argument("amount", type=float)
 @with_existing_fund
 def stake(fund: Fund, model: str, amount: float) -> None:
-    """Set MODEL's stake to AMOUNT; rounds opened from now on pay on it."""
+    """Set MODEL's stake to AMOUNT; rounds opened from now on pay on it.
+
+    AMOUNT is ≥ 0 and at most the fund's cap (default 1,000,000,000; see `fund config`)."""
     fund.set_stake(model, amount)
     console.print(f"{model}: stake {amount:g} from the next round on")
+
+
+@fund.command("config")
+@click.option(
+    "--max-stake",
+    type=float,
+    help=f"The cap on one model's stake (default {DEFAULT_MAX_STAKE:,.0f}, at most "
+    f"{STAKE_CEILING:,.0f}): larger stakes are refused, and a payout never takes a stake "
+    "beyond it.",
+)
+@with_fund
+def config(fund: Fund, max_stake: float | None) -> None:
+    """Show the fund's settings, or change those given. They are kept with the fund's records
+    and every later command uses them."""
+    if max_stake is not None:
+        fund.set_max_stake(max_stake)
+    console.print(f"max stake: {fund.max_stake():,.2f}")
 
 
 @fund.command("models")

@@ -37,21 +37,34 @@ class Fund(Rounds, Intake, Resolution):
         """Validate a participant's model spec and register it, owned by ``participant``, with a
         stake. A changed spec under a known name becomes the model's next version.
 
-        Refused: anything but a valid plain-JSON spec; a spec compiled with another Concrete
-        version than the fund runs; a name owned by another participant or registered for
-        another target; a negative stake; an unknown participant.
+        Refused: a stake that is not a finite number, ≥ 0 and within the fund's cap
+        (:meth:`max_stake`); anything but a valid plain-JSON spec; a spec compiled with another
+        Concrete version than the fund runs; a name owned by another participant or registered
+        for another target; an unknown participant.
         """
+        stake = self.db.check_stake(stake)
         spec = load_spec(spec_path)
         check_versions(spec)
         self.db.register_model(
             spec.name, participant, spec.family, spec.target, spec.to_json(), spec.sha256(),
-            float(stake),
+            stake,
         )  # fmt: skip
         return spec
 
     def set_stake(self, model: str, stake: float) -> None:
-        """Raise or lower a model's stake: rounds opened from now on pay on it."""
-        self.db.set_stake(model, float(stake))
+        """Raise or lower a model's stake (finite, ≥ 0, within the fund's cap): rounds opened
+        from now on pay on it."""
+        self.db.set_stake(model, self.db.check_stake(stake))
+
+    def max_stake(self) -> float:
+        """The cap on one model's stake: 1e9 until :meth:`set_max_stake` sets another. A
+        payout never takes a stake beyond it (the rest is noted when the round is scored)."""
+        return self.db.max_stake()
+
+    def set_max_stake(self, cap: float) -> None:
+        """Set the cap on one model's stake (above 0, at most 1e15); refused below the largest
+        stake the fund holds now."""
+        self.db.set_max_stake(cap)
 
     def leaderboard(self, sort_by: str = "reputation") -> pd.DataFrame:
         """One row per model: its stake, latest round's CORR, MMC and payout, mean CORR and MMC
