@@ -18,9 +18,24 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from fhe_toolkit.errors import KeyStoreError
-from fhe_toolkit.fhe.keystore import INFO, KEYSET, PUBLISHED, RETIRED, SPECS, KeyStore
+from fhe_toolkit.fhe import at_rest
+from fhe_toolkit.fhe.engine import Blob
+from fhe_toolkit.fhe.keystore import (
+    ENCRYPTION,
+    INFO,
+    KEYSET,
+    PUBLISHED,
+    RETIRED,
+    SPECS,
+    TRAINING_KEYS,
+    KeyStore,
+)
+from fhe_toolkit.fund import Fund
+from fhe_toolkit.protocol.signing import create_identity, public_key_path
+from tests.cli_runner import cli
 from tests.test_protocol import model_spec
 
 ROUND, MODEL = "2026-11-27", "alice"
@@ -196,6 +211,161 @@ def test_published_or_retired_keys_are_never_replaced(tmp_path, fake_concrete, m
     with pytest.raises(KeyStoreError, match="exist already"):
         store.create(ROUND, MODEL, model_spec(MODEL), replace_unpublished=True)
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+
+
+# --- private on disk ---------------------------------------------------------------------------
+def test_every_folder_the_store_makes_is_private(tmp_path, fake_concrete, open_umask):
+    store = KeyStore(tmp_path / "keys")
+    store.create(ROUND, MODEL, model_spec(MODEL))
+    store.store(ROUND, "_packed", b"round key", {"packed_params.json": b"{}"})
+    store.nested(TRAINING_KEYS).create("job-1", "sgd", model_spec("sgd"))
+    fund = Fund(tmp_path / "fund", store.root)
+    fund.public_key()
+    folders = [p for p in store.root.rglob("*") if p.is_dir()] + [store.root]
+    assert {p.relative_to(tmp_path).as_posix() for p in folders} >= {
+        "keys", f"keys/{ROUND}", f"keys/{ROUND}/{MODEL}", f"keys/{ROUND}/_packed",
+        "keys/training", "keys/training/job-1", "keys/training/job-1/sgd",
+    }  # fmt: skip
+    assert {mode(p) for p in folders} == {0o700}
+    files = [p for p in store.root.rglob("*") if p.is_file()]
+    public = public_key_path(fund.identity_path)
+    assert {mode(p) for p in files if p != public} == {0o600}
+    assert mode(public) == 0o644  # the fund's public key is public
+
+
+def test_an_identity_in_a_new_folder_gets_a_private_folder(tmp_path, open_umask):
+    create_identity(tmp_path / "home" / "me" / "id.pem")
+    assert mode(tmp_path / "home") == mode(tmp_path / "home" / "me") == 0o700
+    assert mode(tmp_path / "home" / "me" / "id.pem") == 0o600
+
+
+def test_opening_a_store_an_older_version_left_open_makes_it_private_and_says_so(
+    tmp_path, open_umask
+):
+    root = tmp_path / "keys"
+    folder = lay_out(KeyStore(root))
+    for path in (root, root / ROUND, folder):
+        path.chmod(0o755)
+    for path in folder.iterdir():
+        path.chmod(0o644)
+    (root / "fund_signing_key.pem.pub").write_text("ab" * 32)
+    (root / "fund_signing_key.pem.pub").chmod(0o644)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the store's")
+    outside.chmod(0o644)
+    (folder / "link").symlink_to(outside)
+    store = KeyStore(root)
+    assert sorted(store.tightened) == sorted(
+        [root, root / ROUND, folder, folder / KEYSET, folder / SPECS, folder / INFO]
+    )
+    assert {mode(p) for p in (root, root / ROUND, folder)} == {0o700}
+    assert {mode(folder / n) for n in (KEYSET, SPECS, INFO)} == {0o600}
+    assert mode(root / "fund_signing_key.pem.pub") == 0o644 and mode(outside) == 0o644
+    assert KeyStore(root).tightened == []  # said once
+
+
+# --- encrypted at rest --------------------------------------------------------------------------
+@pytest.fixture
+def encrypted(tmp_path: Path, fake_concrete: list[FakeClient]) -> KeyStore:
+    store = KeyStore(tmp_path / "keys")
+    made, sealed = store.encrypt_at_rest(tmp_path / "secrets" / "keystore.key")
+    assert made and sealed == []
+    return store
+
+
+def test_an_encrypted_store_never_writes_a_secret_in_plaintext(tmp_path, encrypted, open_umask):
+    key_file = tmp_path / "secrets" / "keystore.key"
+    assert mode(key_file) == 0o600 and mode(key_file.parent) == 0o700
+    assert len(key_file.read_text().strip()) == 64
+    keys = encrypted.create(ROUND, MODEL, model_spec(MODEL))
+    secret = keys.client.keys.serialize()
+    fund = Fund(tmp_path / "fund", encrypted.root)
+    fund.public_key()
+    pem = fund.signing_key().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert secret not in on_disk and pem not in on_disk and pem.split(b"\n")[1] not in on_disk
+    # Every later opening reads the key file the store recorded; decrypted in memory only.
+    later = KeyStore(encrypted.root)
+    assert later.secret(ROUND, MODEL) == secret
+    source = later.secret_source(ROUND, MODEL)
+    assert isinstance(source, Blob) and source.data == secret
+    assert json.loads((encrypted.root / ENCRYPTION).read_text())["key_file"] == str(key_file)
+
+
+def test_opting_in_encrypts_the_secrets_already_there(tmp_path, fake_concrete):
+    store = KeyStore(tmp_path / "keys")
+    secret = store.create(ROUND, MODEL, model_spec(MODEL)).client.keys.serialize()
+    fund = Fund(tmp_path / "fund", store.root)
+    public = fund.public_key()
+    pem = fund.identity_path.read_bytes()
+    made, sealed = store.encrypt_at_rest(tmp_path / "keystore.key")
+    assert made and sorted(sealed) == sorted(
+        [store.directory(ROUND, MODEL) / KEYSET, fund.identity_path]
+    )
+    assert secret not in (store.directory(ROUND, MODEL) / KEYSET).read_bytes()
+    assert fund.identity_path.read_bytes() != pem
+    again = Fund(tmp_path / "fund", store.root)
+    assert again.public_key() == public and again.keys.secret(ROUND, MODEL) == secret
+    assert store.encrypt_at_rest(tmp_path / "keystore.key") == (False, [])  # nothing left to do
+
+
+def test_a_missing_or_wrong_key_file_is_refused_by_name(tmp_path, encrypted):
+    encrypted.create(ROUND, MODEL, model_spec(MODEL))
+    key_file = tmp_path / "secrets" / "keystore.key"
+    moved = tmp_path / "elsewhere.key"
+    key_file.rename(moved)
+    with pytest.raises(KeyStoreError, match=r"keystore\.key does not exist.*--keystore-key FILE"):
+        KeyStore(encrypted.root).secret(ROUND, MODEL)
+    with pytest.raises(KeyStoreError, match=r"keystore\.key does not exist"):
+        KeyStore(encrypted.root).check_key()
+    other = tmp_path / "other.key"
+    with pytest.raises(KeyStoreError, match=r"other\.key is not the key of the key store"):
+        KeyStore(encrypted.root).encrypt_at_rest(other)
+    assert KeyStore(encrypted.root).encrypt_at_rest(moved) == (False, [])  # where it went
+    assert KeyStore(encrypted.root).check_key()["key_file"] == str(moved)
+    moved.chmod(0o644)
+    with pytest.raises(KeyStoreError, match="readable by others; make it private: chmod 600"):
+        KeyStore(encrypted.root).secret(ROUND, MODEL)
+    moved.chmod(0o600)
+    moved.write_text("not a key\n")
+    with pytest.raises(KeyStoreError, match="is not a key store key file"):
+        KeyStore(encrypted.root).secret(ROUND, MODEL)
+
+
+def test_a_sealed_secret_altered_cut_or_moved_does_not_decrypt(tmp_path, encrypted, monkeypatch):
+    monkeypatch.setattr(at_rest, "CHUNK", 8)  # several chunks from a short secret
+    secret = encrypted.create(ROUND, MODEL, model_spec(MODEL)).client.keys.serialize()
+    encrypted.create(ROUND, "bob", model_spec("bob"))
+    mine, bobs = (encrypted.directory(ROUND, m) / KEYSET for m in (MODEL, "bob"))
+    sealed = mine.read_bytes()
+    last_chunk = len(secret) % at_rest.CHUNK or at_rest.CHUNK
+    for damaged in (
+        sealed[:-3] + bytes([sealed[-3] ^ 1]) + sealed[-2:],  # a byte flipped
+        sealed[: -(last_chunk + at_rest.TAG_BYTES)],  # the last chunk cut off
+        bobs.read_bytes(),  # bob's key set, moved here
+    ):
+        mine.write_bytes(damaged)
+        with pytest.raises(KeyStoreError, match="does not decrypt with the key store's key"):
+            encrypted.secret(ROUND, MODEL)
+    mine.write_bytes(b"secret in plaintext")
+    with pytest.raises(KeyStoreError, match="is not encrypted, though the key store"):
+        encrypted.secret(ROUND, MODEL)
+    assert encrypted.encrypt_at_rest(tmp_path / "secrets" / "keystore.key") == (False, [mine])
+    assert encrypted.secret(ROUND, MODEL) == b"secret in plaintext"
+
+
+def test_config_encrypts_the_key_store_from_the_command_line(tmp_path):
+    result = cli("fund", "config", "--keystore-key", "ks.key", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "a new key store key was written to ks.key" in result.stdout
+    assert (
+        f"encrypted at rest (AES-256-GCM) under the key in {tmp_path / 'ks.key'}" in result.stdout
+    )
+    (tmp_path / "ks.key").unlink()
+    result = cli("fund", "config", cwd=tmp_path)
+    assert result.returncode == 2 and "ks.key does not exist" in result.stderr
 
 
 # --- create, with Concrete ---------------------------------------------------------------------

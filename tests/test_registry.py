@@ -6,6 +6,7 @@ tested, so results are made up."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -30,7 +31,8 @@ from fhe_toolkit.registry import (
     TrainingJobStatus,
     upgrade,
 )
-from fhe_toolkit.registry.store import connect, migrations_config
+from fhe_toolkit.registry.stakes import DEFAULT_MAX_STAKE, STAKE_CEILING
+from fhe_toolkit.registry.store import connect, migrations_config, schema_change
 from fhe_toolkit.registry.tables import Base
 from tests.tournament_records import (
     KEY_A,
@@ -152,7 +154,7 @@ def test_old_submission_statuses_become_a_status_and_its_detail(database_url):
     with pytest.raises(RegistryError, match="received already"):
         registry.accept_submission("r1", "m1", "d" * 64, "alice")
     # And back: the messages are rebuilt as versions before 0003 wrote them.
-    with engine.begin() as connection:
+    with schema_change(engine) as connection:
         command.downgrade(migrations_config(connection), "0002")
     with engine.connect() as connection:
         old = connection.execute(sa.text("SELECT status FROM bundles ORDER BY id")).scalars()
@@ -347,3 +349,100 @@ def play_round_resolution(registry: Registry) -> None:
     assert json.loads(registry.payouts()[["model", "payout"]].to_json(orient="values")) == [
         ["m-a", 2.0], ["m-b", 1.0],
     ]  # fmt: skip
+
+
+# --- stakes within limits ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("stake", "message"),
+    [
+        (-5, "a stake must be ≥ 0, got -5"),
+        (float("inf"), "a stake must be a finite number, got inf"),
+        (float("nan"), "a stake must be a finite number, got nan"),
+        (1.7e308, "at most the fund's cap of 1,000,000,000"),
+        ("100", "a stake must be a number, got '100'"),
+        (True, "a stake must be a number, got True"),
+    ],
+)
+def test_a_stake_outside_the_limits_is_refused_and_changes_nothing(database_url, stake, message):
+    registry = registry_with_models(database_url)
+    with pytest.raises(RegistryError, match=re.escape(message)):
+        registry.set_stake("m-a", stake)
+    with pytest.raises(RegistryError, match=re.escape(message)):
+        registry.register_model("m-c", "alice", "linear", "target", "{}", "c" * 64, stake)
+    assert registry.models()["stake"].to_dict() == {"m-a": 100.0, "m-b": 50.0}
+    assert len(registry.stake_history()) == 2
+
+
+def test_the_cap_on_stakes_is_a_setting_of_the_fund(database_url):
+    registry = registry_with_models(database_url)
+    assert registry.max_stake() == DEFAULT_MAX_STAKE
+    registry.set_max_stake(200)
+    assert Registry(database_url).max_stake() == 200.0  # kept with the records
+    registry.set_stake("m-a", 200)
+    with pytest.raises(RegistryError, match=r"at most the fund's cap of 200, got 200\.5"):
+        registry.set_stake("m-a", 200.5)
+    with pytest.raises(RegistryError, match=r"a model's stake is 200\.00, above a cap of 150"):
+        registry.set_max_stake(150)
+    for cap in (0, -1, float("inf"), float("nan"), 2 * STAKE_CEILING):
+        with pytest.raises(RegistryError, match="the cap on stakes must be"):
+            registry.set_max_stake(cap)
+    assert registry.max_stake() == 200.0
+
+
+def test_a_payout_stops_a_stake_at_the_cap_and_a_burn_at_zero(database_url):
+    registry = registry_with_models(database_url)
+    registry.set_max_stake(102)
+    paid = play_round(registry, "r1", {"m-a": (0.04, 0.01), "m-b": (-0.1, -0.1)})
+    assert paid.loc["m-a", "stake_after"] == 102.0  # 100 + 4 earned, stopped at the cap
+    assert paid.loc["m-a", "beyond_cap"] == pytest.approx(2.0)
+    assert paid.loc["m-b", "beyond_cap"] == 0.0
+    assert registry.payouts().set_index("model").loc["m-a", "payout"] == pytest.approx(4.0)
+    history = registry.stake_history().query("round == 'r1'").set_index("model")
+    assert history.loc["m-a", "amount"] == pytest.approx(2.0)
+
+
+def test_a_payout_that_is_not_a_number_pays_nothing(database_url):
+    registry = registry_with_models(database_url)
+    registry.create_round("r1", 1, None, [new_bundle("m-a"), new_bundle("m-b")])
+    payouts = pd.DataFrame(
+        {"m-a": {"corr": 0.0, "mmc": 0.0, "score": 0.0, "payout": 1.0},
+         "m-b": {"corr": 0.0, "mmc": 0.0, "score": 0.0, "payout": float("inf")}}
+    ).T  # fmt: skip
+    with pytest.raises(RegistryError, match="would leave the stake of model 'm-b' at inf"):
+        registry.record_results("r1", pd.DataFrame(), payouts, pd.DataFrame(), 2)
+    assert registry.payouts().empty
+    assert registry.models()["stake"].to_dict() == {"m-a": 100.0, "m-b": 50.0}
+    assert registry.round_record("r1").status == RoundStatus.OPEN
+
+
+def test_the_database_itself_refuses_a_stake_out_of_range(database_url):
+    """Whatever writes to the tables, a stake outside 0..1e15 (or NaN) never gets in."""
+    registry = registry_with_models(database_url)
+    registry.create_round("r1", 1, None, [new_bundle("m-a")])
+    engine = connect(database_url)
+    for table in ("models", "bundles"):
+        for value in (-1.0, 1e300, float("inf"), float("nan")):
+            with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+                connection.execute(
+                    sa.update(sa.table(table, sa.column("stake"))).values(stake=value)
+                )
+    assert registry.models()["stake"].to_dict() == {"m-a": 100.0, "m-b": 50.0}
+
+
+def test_a_database_holding_a_stake_out_of_range_stops_the_upgrade_and_says_how(database_url):
+    engine = database_at_0002(database_url, {"m0": "awaiting submission", "m1": "received"})
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE models SET stake = 1.7e308 WHERE name = 'm1'"))
+    with pytest.raises(RegistryError, match=r"stakes outside 0..1e15.*'m1', 1.7e\+308.*"
+                       r"UPDATE models SET stake = 0 WHERE name IN \('m1'\)"):  # fmt: skip
+        Registry(database_url)
+    with engine.connect() as connection:
+        assert (
+            connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            == "0002"
+        )
+        connection.execute(sa.text("UPDATE models SET stake = 10 WHERE name = 'm1'"))
+        connection.commit()
+    registry = Registry(database_url)
+    assert registry.models()["stake"].to_dict() == {"m0": 10.0, "m1": 10.0}
+    assert {b.stake for b in registry.round_record("r1").bundles.values()} == {10.0}

@@ -22,6 +22,7 @@ from fhe_toolkit.scoring import (
     neutral_correlation,
     neutralize,
     numerai_corr,
+    stake_weighted_meta_model,
     tie_kept_rank,
 )
 
@@ -249,3 +250,10 @@ def test_no_function_mutates_its_arguments(era):
             pd.testing.assert_frame_equal(value, before[name])
         else:
             pd.testing.assert_series_equal(value, before[name])
+
+
+def test_stakes_that_add_up_past_a_float_are_refused(era):
+    """Each is finite, but their total is not: the weights would all be 0."""
+    stakes = pd.Series({"a": 1.7e308, "b": 1.7e308})
+    with pytest.raises(ScoringInputError, match="add up to more than a float holds"):
+        stake_weighted_meta_model(era["preds"], stakes, eras=None)

@@ -25,9 +25,12 @@ def registry_with_models(url: str) -> Registry:
     return registry
 
 
-def play_round(registry: Registry, name: str, results: dict[str, tuple[float, float]]) -> None:
+def play_round(
+    registry: Registry, name: str, results: dict[str, tuple[float, float]]
+) -> pd.DataFrame:
     """Open a round for both models, take a submission from each, resolve it with the given
-    (corr, mmc) per model: payout = stake · clip(0.5·corr + 2·mmc, ±0.05)."""
+    (corr, mmc) per model: payout = stake · clip(0.5·corr + 2·mmc, ±0.05). Returns what
+    :meth:`Registry.record_results` returns."""
     registry.create_round(name, 1, None, [new_bundle(m) for m in results])
     for model in results:
         registry.accept_submission(
@@ -51,4 +54,4 @@ def play_round(registry: Registry, name: str, results: dict[str, tuple[float, fl
         ]
     )
     correlations = pd.DataFrame(np.eye(len(results)), index=list(results), columns=list(results))
-    registry.record_results(name, per_era, payouts, correlations, reputation_rounds=2)
+    return registry.record_results(name, per_era, payouts, correlations, reputation_rounds=2)

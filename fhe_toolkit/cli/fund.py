@@ -22,6 +22,7 @@ from fhe_toolkit.cli import (
 from fhe_toolkit.cli.display import format_option, print_frame
 from fhe_toolkit.cli.options import live_option, scheduler_option, workers_option
 from fhe_toolkit.data import load_tournament
+from fhe_toolkit.fhe.keystore import KeyStore
 from fhe_toolkit.fund import Fund, fund_benchmark
 from fhe_toolkit.fund.base import MAX_PACKED_PER_PARTICIPANT
 from fhe_toolkit.fund.dry_run import (
@@ -32,6 +33,7 @@ from fhe_toolkit.fund.dry_run import (
 )
 from fhe_toolkit.fund.leaderboard import SORT_KEYS, SUMMARY_COLUMNS
 from fhe_toolkit.protocol.signing import public_key_path
+from fhe_toolkit.registry.stakes import DEFAULT_MAX_STAKE, STAKE_CEILING
 from fhe_toolkit.scoring import COMBINE_METHODS, DEFAULT_CLUSTER_CAP
 
 fund_dir_option = click.option(
@@ -71,9 +73,20 @@ def _with_fund(command: Callable[..., Any], *, create: bool) -> Callable[..., An
     @wraps(command)
     def wrapper(fund_dir: Path, key_dir: Path, database: str | None, **kwargs: Any) -> Any:
         fund = Fund(fund_dir, key_dir, database=database, create=create)
+        say_tightened(fund.keys)
         return command(fund=fund, **kwargs)
 
     return wrapper
+
+
+def say_tightened(keys: KeyStore) -> None:
+    """Say what opening the key store made private, if anything."""
+    if keys.tightened:
+        notes.print(
+            f"note: {len(keys.tightened)} folder(s) and file(s) of the key store {keys.root} were "
+            "open to other users (left so by an older version); they are private now (folders "
+            "0700, files 0600)."
+        )
 
 
 @click.group()
@@ -123,7 +136,11 @@ def add_participant(fund: Fund, name: str, key: str) -> None:
 @click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
 @click.option("--participant", required=True, help="The participant who owns the model.")
 @click.option(
-    "--stake", type=float, required=True, help="The model's stake (payouts scale with it)."
+    "--stake",
+    type=float,
+    required=True,
+    help="The model's stake (payouts scale with it): ≥ 0 and at most the fund's cap "
+    f"(default {DEFAULT_MAX_STAKE:,.0f}; see `fund config`).",
 )
 @click.option(
     "--dry-run-memory", type=click.FloatRange(min=MIN_MEMORY_BYTES / 2**30), metavar="GIB",
@@ -178,14 +195,65 @@ def register(
     )
 
 
-@fund.command("stake")
+# A negative AMOUNT reaches the command (and its message about stakes) instead of being taken
+# for an unknown option.
+@fund.command("stake", context_settings={"ignore_unknown_options": True})
 @click.argument("model")
 @click.argument("amount", type=float)
 @with_existing_fund
 def stake(fund: Fund, model: str, amount: float) -> None:
-    """Set MODEL's stake to AMOUNT; rounds opened from now on pay on it."""
+    """Set MODEL's stake to AMOUNT; rounds opened from now on pay on it.
+
+    AMOUNT is ≥ 0 and at most the fund's cap (default 1,000,000,000; see `fund config`)."""
     fund.set_stake(model, amount)
     console.print(f"{model}: stake {amount:g} from the next round on")
+
+
+@fund.command("config")
+@click.option(
+    "--max-stake",
+    type=float,
+    help=f"The cap on one model's stake (default {DEFAULT_MAX_STAKE:,.0f}, at most "
+    f"{STAKE_CEILING:,.0f}): larger stakes are refused, and a payout never takes a stake "
+    "beyond it.",
+)
+@click.option(
+    "--keystore-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Encrypt the key store at rest (AES-256-GCM) under the key in this file, made (mode "
+    "0600) if it does not exist; the store records where it is and every later command uses "
+    "it. On a store encrypted already: where its key file is now.",
+)
+@with_fund
+def config(fund: Fund, max_stake: float | None, keystore_key: Path | None) -> None:
+    """Show the fund's settings, or change those given; every later command uses them.
+
+    \b
+    The cap on stakes is kept with the fund's records. Encrypting the key store also encrypts
+    the secrets already in it, and from then on no secret key is written to disk in plaintext:
+    keep a copy of the key file apart from the key store (without it, no key in the store can
+    be read).
+    """
+    if max_stake is not None:
+        fund.set_max_stake(max_stake)
+    if keystore_key is not None:
+        made, sealed = fund.keys.encrypt_at_rest(keystore_key)
+        if made:
+            console.print(
+                f"a new key store key was written to {keystore_key}: keep a copy apart from the "
+                "key store"
+            )
+        if sealed:
+            console.print(f"encrypted {len(sealed)} secret file(s) that were in plaintext")
+    console.print(f"max stake: {fund.max_stake():,.2f}")
+    record = fund.keys.check_key()
+    if record is None:
+        console.print(f"key store: {fund.keys.root}, not encrypted at rest (--keystore-key FILE)")
+    else:
+        console.print(
+            f"key store: {fund.keys.root}, encrypted at rest (AES-256-GCM) under the key in "
+            f"{record['key_file']}"
+        )
 
 
 @fund.command("models")

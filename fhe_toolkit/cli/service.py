@@ -25,7 +25,7 @@ from rich.progress import (
 
 from fhe_toolkit.cli import console, friendly_errors, notes
 from fhe_toolkit.cli.display import format_option, print_frame
-from fhe_toolkit.cli.fund import database_option, fund_dir_option, keys_option
+from fhe_toolkit.cli.fund import database_option, fund_dir_option, keys_option, say_tightened
 
 server_option = click.option(
     "--server", required=True, metavar="URL", help="The fund's service, e.g. http://fund:8000."
@@ -108,7 +108,9 @@ def serve(
     from fhe_toolkit.service.config import Limits, ServiceConfig
     from fhe_toolkit.service.server import serve as run_server
 
-    Fund(fund_dir, key_dir, database=database, create=False)  # a missing fund, said plainly
+    fund = Fund(fund_dir, key_dir, database=database, create=False)  # a missing fund, said plainly
+    say_tightened(fund.keys)
+    fund.keys.check_key()  # a missing or wrong key store key, said before serving
     config = ServiceConfig(
         fund_dir=fund_dir,
         key_dir=key_dir,

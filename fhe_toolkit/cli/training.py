@@ -16,7 +16,7 @@ import pandas as pd
 
 from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
 from fhe_toolkit.cli.display import print_frame
-from fhe_toolkit.cli.fund import database_option, fund_dir_option, keys_option
+from fhe_toolkit.cli.fund import database_option, fund_dir_option, keys_option, say_tightened
 from fhe_toolkit.cli.options import out_dir_option, validation_option
 from fhe_toolkit.data import load_features_json, load_tournament
 from fhe_toolkit.fund.training import WEIGHTS_FILE, FundTraining
@@ -217,6 +217,7 @@ def open_training(
     encrypted. Hand the bundle directory to the participant.
     """
     training = FundTraining(fund_dir, key_dir, database=database)
+    say_tightened(training.keys)
     data = load_tournament(data_path)
     with progress_bar("steps") as progress:
         # Key generation comes first and reports nothing for a minute or two: say so.
@@ -247,6 +248,7 @@ def receive_training(
     received already.
     """
     training = FundTraining(fund_dir, key_dir, database=database)
+    say_tightened(training.keys)
     weights = training.receive(job_id, result_dir)
     table = pd.DataFrame(
         {"weight": [*weights.coef, weights.intercept]},

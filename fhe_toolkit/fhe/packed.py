@@ -132,13 +132,13 @@ class MultiplyTask:
 def load_round_key(keys: KeyStore, round_id: str) -> RoundKey:
     """The round's secret packed key, refused (by name) once retired."""
     try:
-        secret = keys.keyset_path(round_id, PACKED_KEYS)
+        secret = keys.secret(round_id, PACKED_KEYS)
     except KeyStoreError as exc:
         raise FundError(f"round {round_id!r}'s packed results cannot be decrypted: {exc}") from None
     params = PackedParams.from_json(
         (keys.directory(round_id, PACKED_KEYS) / PARAMS_FILE).read_text()
     )
-    return RoundKey.from_bytes(params, secret.read_bytes())
+    return RoundKey.from_bytes(params, secret)
 
 
 def verify_products(features: np.ndarray, spec: LinearSpec, products: np.ndarray) -> np.ndarray:

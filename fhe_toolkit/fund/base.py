@@ -29,17 +29,23 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fhe_toolkit.errors import FundError
 from fhe_toolkit.fhe.glwe import RoundKey
-from fhe_toolkit.fhe.keystore import KeyStore
+from fhe_toolkit.fhe.keystore import SIGNING_KEY, KeyStore
 from fhe_toolkit.fhe.packed import PACKED_KEYS
+from fhe_toolkit.protocol.files import make_private_dirs
 from fhe_toolkit.protocol.modelspec import AnyModelSpec, model_spec_from
-from fhe_toolkit.protocol.signing import create_identity, load_private_key, public_bytes
+from fhe_toolkit.protocol.signing import (
+    new_identity,
+    private_key_from_pem,
+    public_bytes,
+    write_public_key,
+)
 from fhe_toolkit.registry import Registry, RoundRecord
 
 DATABASE = "fund.db"
-FUND_IDENTITY = "fund_signing_key.pem"
 REPUTATION_ROUNDS = 4
 """Reputation: the mean payout score over a model's last this many resolved rounds."""
 MAX_PACKED_PER_PARTICIPANT = 3
@@ -86,13 +92,21 @@ class FundBase:
     @property
     def identity_path(self) -> Path:
         """The fund's private signing key (in the key store); ``.pub`` beside it is public."""
-        return self.keys.root / FUND_IDENTITY
+        return self.keys.root / SIGNING_KEY
 
     def public_key(self) -> bytes:
         """The fund's public signing key, made on first use: give it to every participant."""
-        if not self.identity_path.exists():
-            return create_identity(self.identity_path)
-        return public_bytes(load_private_key(self.identity_path))
+        if not self.identity_path.exists() and not self.identity_path.is_symlink():
+            pem, public = new_identity()
+            make_private_dirs(self.keys.root)
+            self.keys.write_secret(self.identity_path, pem)
+            write_public_key(self.identity_path, public)
+            return public
+        return public_bytes(self.signing_key())
+
+    def signing_key(self) -> Ed25519PrivateKey:
+        """The fund's private signing key (decrypted in memory if the key store is encrypted)."""
+        return private_key_from_pem(self.keys.read_secret(self.identity_path), self.identity_path)
 
     def models(self) -> pd.DataFrame:
         """Registered models: owner, family, target, stake, version."""

@@ -48,14 +48,16 @@ class Fund(Rounds, Intake, Resolution):
         ``participant``, with a stake. A changed spec under a known name becomes the model's
         next version.
 
-        Refused, with nothing stored: anything but a valid plain-JSON spec (client specs within
+        Refused, with nothing stored: a stake that is not a finite number, ≥ 0 and within the
+        fund's cap (:meth:`max_stake`); anything but a valid plain-JSON spec (client specs within
         what Concrete produces at 128-bit security, see
         :mod:`~fhe_toolkit.protocol.client_specs`); a spec compiled with another Concrete
         version than the fund runs; a spec that fails its dry run (keys made and a batch
         encrypted in a worker process under ``limits``, see :mod:`~fhe_toolkit.fund.dry_run`;
         ``on_dry_run`` is told what it measured); a name owned by another participant or
-        registered for another target; a negative stake; an unknown participant.
+        registered for another target; an unknown participant.
         """
+        stake = self.db.check_stake(stake)
         spec = load_spec(spec_path)
         check_versions(spec)
         report = prove_usable(spec, limits)
@@ -63,13 +65,24 @@ class Fund(Rounds, Intake, Resolution):
             on_dry_run(report)
         self.db.register_model(
             spec.name, participant, spec.family, spec.target, spec.to_json(), spec.sha256(),
-            float(stake),
+            stake,
         )  # fmt: skip
         return spec
 
     def set_stake(self, model: str, stake: float) -> None:
-        """Raise or lower a model's stake: rounds opened from now on pay on it."""
-        self.db.set_stake(model, float(stake))
+        """Raise or lower a model's stake (finite, ≥ 0, within the fund's cap): rounds opened
+        from now on pay on it."""
+        self.db.set_stake(model, self.db.check_stake(stake))
+
+    def max_stake(self) -> float:
+        """The cap on one model's stake: 1e9 until :meth:`set_max_stake` sets another. A
+        payout never takes a stake beyond it (the rest is noted when the round is scored)."""
+        return self.db.max_stake()
+
+    def set_max_stake(self, cap: float) -> None:
+        """Set the cap on one model's stake (above 0, at most 1e15); refused below the largest
+        stake the fund holds now."""
+        self.db.set_max_stake(cap)
 
     def leaderboard(self, sort_by: str = "reputation") -> pd.DataFrame:
         """One row per model: its stake, latest round's CORR, MMC and payout, mean CORR and MMC

@@ -113,7 +113,7 @@ def decrypt_once(
     Returns the decrypted items by position, and the items that could not be decrypted (the
     runtime crashed or refused them: they were not computed under these keys).
     """
-    task = DecryptTask(str(keys.directory(scope, name) / SPECS), str(keys.keyset_path(scope, name)))
+    task = DecryptTask(str(keys.directory(scope, name) / SPECS), keys.secret_source(scope, name))
     decrypted: dict[int, Any] = {}
     try:
         failures = run_rows(

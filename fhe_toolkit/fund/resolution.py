@@ -149,10 +149,16 @@ class Resolution(FundBase):
         per_era = pd.concat(per_target, ignore_index=True)
         scores = by_model(summarize(per_era.drop(columns="target"))).join(stakes.rename("stake"))
         mmc = scores["mmc"] if "mmc" in scores else pd.Series(np.nan, index=scores.index)
-        settings = payout_settings or {}
+        settings = _payout_settings(payout_settings)
         weights = {k: v for k, v in settings.items() if k in ("corr_weight", "mmc_weight")}
         scores["score"] = payout_score(corr=scores["corr"], mmc=mmc, **weights)
         scores["payout"] = payout(scores["stake"], corr=scores["corr"], mmc=mmc, **settings)
+        overflowing = scores.index[~np.isfinite(scores["payout"].to_numpy(np.float64))]
+        if len(overflowing):
+            raise FundError(
+                f"the payout settings {settings} give no finite payout for {list(overflowing)}; "
+                "nothing was scored or paid: use payout settings of a sensible size."
+            )
         together = predictions.join(pd.DataFrame(metas), how="left")
         correlations = together.corr(method="spearman")
         long = per_era.melt(id_vars=["era", "model", "target"], var_name="metric")
@@ -162,9 +168,17 @@ class Resolution(FundBase):
         )  # fmt: skip
         # Resolved: a packed model that never sent its submission has no decryption coming.
         self.retire_packed_key(round_id, "the round was resolved")
-        return replace(
-            self._write_results(round_id, per_era, scores.join(paid)), notes=tuple(notes)
+        cap = self.db.max_stake()
+        notes.extend(
+            f"{model}'s stake reached the fund's cap of {cap:,.0f}: {kept_out:,.2f} of its payout "
+            "was not added to it (`fhe-toolkit fund config --max-stake` sets the cap)."
+            for model, kept_out in paid["beyond_cap"].items()
+            if kept_out > 0
         )
+        results = self._write_results(
+            round_id, per_era, scores.join(paid.drop(columns="beyond_cap"))
+        )
+        return replace(results, notes=tuple(notes))
 
     def export_results(self, round_id: str) -> RoundResults:
         """Write a resolved round's results files again, from the database."""
@@ -177,8 +191,9 @@ class Resolution(FundBase):
         paid = self.db.payouts().query("round == @round_id").set_index("model")
         summary = by_model(summarize(per_era.drop(columns="target")))
         scores = summary.join(paid[["stake", "score", "payout", "reputation"]])
-        # Gains add to the stake, losses burn it, never below 0 (as the round recorded).
-        scores["stake_after"] = (scores["stake"] + scores["payout"]).clip(lower=0.0)
+        # What the round's payout left each stake at, as recorded (within 0 and the cap then).
+        paid_events = self.db.stake_history().query("round == @round_id")
+        scores["stake_after"] = paid_events.groupby("model")["balance"].last()
         return self._write_results(round_id, per_era, scores)
 
     def _write_results(
@@ -244,6 +259,22 @@ def _neutralized(
 
 def _declared_proportion(spec: AnyModelSpec) -> float:
     return 0.0 if spec.neutralization is None else spec.neutralization.proportion
+
+
+def _payout_settings(given: dict[str, float] | None) -> dict[str, float]:
+    """The payout rule's settings, each one :func:`fhe_toolkit.scoring.payout` takes and a
+    finite number."""
+    settings = dict(given or {})
+    known = ("payout_factor", "corr_weight", "mmc_weight", "clip")
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise FundError(f"unknown payout settings {unknown}; the payout rule takes {list(known)}.")
+    bad = {
+        k: v for k, v in settings.items() if not isinstance(v, int | float) or not np.isfinite(v)
+    }
+    if bad:
+        raise FundError(f"payout settings must be finite numbers, got {bad}.")
+    return settings
 
 
 def _targets(targets: pd.DataFrame | str | Path) -> pd.DataFrame:

@@ -34,7 +34,7 @@ import pandas as pd
 from fhe_toolkit.data import load_tournament
 from fhe_toolkit.errors import FundError
 from fhe_toolkit.fhe.codecs import TrainingCodec, plan_batches
-from fhe_toolkit.fhe.keystore import TRAINING_KEYS, KeyStore
+from fhe_toolkit.fhe.keystore import TRAINING_KEYS
 from fhe_toolkit.fhe.versions import check_versions, package_versions
 from fhe_toolkit.fund.base import FundBase
 from fhe_toolkit.fund.intake import check_binding, decrypt_once, keep_copy, receiving
@@ -80,7 +80,7 @@ class FundTraining(FundBase):
         database: str | None = None,
     ) -> None:
         super().__init__(root, key_store, database=database)
-        self.training_keys = KeyStore(self.keys.root / TRAINING_KEYS)
+        self.training_keys = self.keys.nested(TRAINING_KEYS)
 
     @property
     def training_dir(self) -> Path:

@@ -19,6 +19,8 @@ from typing import BinaryIO
 
 from fhe_toolkit.errors import FheToolkitError
 
+READ_BLOCK = 16 * 2**20
+
 
 @contextmanager
 def open_regular(
@@ -57,10 +59,16 @@ def read_regular(
     with open_regular(path, what, error) as (handle, size):
         if size > limit:
             raise error(f"{path} is {size:,} bytes; {what} is at most {limit:,}.")
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise error(f"{path} grew past {limit:,} bytes while being read; {what} is at most that.")
-    return data
+        # In blocks: one read of ``limit`` bytes would reserve that much memory up front.
+        blocks, total = [], 0
+        while block := handle.read(min(READ_BLOCK, limit + 1 - total)):
+            blocks.append(block)
+            total += len(block)
+            if total > limit:
+                raise error(
+                    f"{path} grew past {limit:,} bytes while being read; {what} is at most that."
+                )
+    return b"".join(blocks)
 
 
 def sha256_file(path: Path) -> str:
@@ -80,3 +88,16 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parents with mode 0700 (whatever the umask); folders
+    that exist already are left as they are."""
+    missing = []
+    for folder in [directory, *directory.parents]:
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(folder, 0o700)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fhe_toolkit.errors import IdentityError
-from fhe_toolkit.protocol.files import read_regular, write_atomic
+from fhe_toolkit.protocol.files import make_private_dirs, read_regular, write_atomic
 from fhe_toolkit.protocol.manifest import MANIFEST, SIGNATURE
 
 PUBLIC_SUFFIX = ".pub"
@@ -28,21 +28,35 @@ MAX_PRIVATE_KEY_FILE = 16_384
 
 
 def create_identity(path: str | Path) -> bytes:
-    """Write a new private key to ``path`` (0600) and its public key to ``path.pub``; return
-    the public key. Refuses to overwrite an existing key."""
+    """Write a new private key to ``path`` (0600; folders it makes, 0700) and its public key to
+    ``path.pub``; return the public key. Refuses to overwrite an existing key."""
     path = Path(path)
-    if path.exists():
+    refuse_existing_identity(path)
+    pem, public = new_identity()
+    make_private_dirs(path.parent)
+    write_atomic(path, pem, mode=0o600)
+    write_public_key(path, public)
+    return public
+
+
+def refuse_existing_identity(path: Path) -> None:
+    if path.exists() or path.is_symlink():
         raise IdentityError(f"{path} exists already; an identity is never overwritten.")
+
+
+def new_identity() -> tuple[bytes, bytes]:
+    """A new Ed25519 key: its private key as unencrypted PKCS#8 PEM, and its raw public key."""
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )  # fmt: skip
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, pem, mode=0o600)
-    public = public_bytes(key)
-    write_atomic(public_key_path(path), (public.hex() + "\n").encode())
-    return public
+    return pem, public_bytes(key)
+
+
+def write_public_key(private_key: Path, public: bytes) -> None:
+    """The public key beside its private key, as 64 hex characters (``.pub``)."""
+    write_atomic(public_key_path(private_key), (public.hex() + "\n").encode())
 
 
 def public_key_path(private_key: str | Path) -> Path:
@@ -57,14 +71,20 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
             f"{path} does not exist; create an identity with `fhe-toolkit identity new {path}`."
         )
     data = read_regular(path, MAX_PRIVATE_KEY_FILE, "a private key file", IdentityError)
+    key = private_key_from_pem(data, path)
+    if os.name == "posix" and path.stat().st_mode & 0o077:
+        raise IdentityError(f"{path} is readable by others; make it private: chmod 600 {path}")
+    return key
+
+
+def private_key_from_pem(data: bytes, path: str | Path) -> Ed25519PrivateKey:
+    """The Ed25519 private key in ``data``, PEM read from ``path`` (which names it in errors)."""
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise IdentityError(f"{path} is not an unencrypted PEM private key ({exc}).") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise IdentityError(f"{path} holds a {type(key).__name__}, not an Ed25519 key.")
-    if os.name == "posix" and path.stat().st_mode & 0o077:
-        raise IdentityError(f"{path} is readable by others; make it private: chmod 600 {path}")
     return key
 
 

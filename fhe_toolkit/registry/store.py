@@ -7,6 +7,7 @@ method is one transaction: it happens whole or not at all, whatever kills the pr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, fields
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 import pandas as pd
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -34,6 +35,12 @@ from fhe_toolkit.registry.records import (
     UploadRecord,
     UploadStatus,
 )
+from fhe_toolkit.registry.stakes import (
+    DEFAULT_MAX_STAKE,
+    MAX_STAKE_SETTING,
+    check_cap,
+    check_stake,
+)
 from fhe_toolkit.registry.tables import (
     BundleRow,
     CorrelationRow,
@@ -44,6 +51,7 @@ from fhe_toolkit.registry.tables import (
     RoundRow,
     ScoreRow,
     ServiceUploadRow,
+    SettingRow,
     StakeEventRow,
     SubmissionRow,
     TrainingJobRow,
@@ -61,8 +69,34 @@ def migrations_config(connection: Any = None) -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the database's schema to ``revision`` (the newest by default), keeping its data."""
-    with engine.begin() as connection:
+    with schema_change(engine) as connection:
         command.upgrade(migrations_config(connection), revision)
+
+
+@contextmanager
+def schema_change(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction for migrations (Alembic's ``command.upgrade`` or
+    ``downgrade``). On SQLite, foreign keys are off until it ends and checked before it commits:
+    SQLite adds a constraint by rebuilding the table, and dropping a table others refer to
+    breaks their references for a moment (SQLite's documented procedure; the pragma only
+    takes effect outside a transaction)."""
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as connection:
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
+        try:
+            with connection.begin():
+                yield connection
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise RegistryError(
+                        "changing the fund's database schema would break references between its "
+                        "tables; nothing was changed. Restore it from a backup."
+                    )
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
 
 
 def connect(url: str) -> Engine:
@@ -175,6 +209,29 @@ class Registry:
         """Raise or lower a model's stake; rounds already open keep the stake they opened with."""
         with self.session() as s:
             self._set_stake(s, self._model(s, model), stake, "set", None)
+
+    # --- the fund's settings ------------------------------------------------------------
+    def max_stake(self) -> float:
+        """The cap on one model's stake (:data:`~fhe_toolkit.registry.stakes.DEFAULT_MAX_STAKE`
+        until set)."""
+        with self.session() as s:
+            return self._max_stake(s)
+
+    def check_stake(self, stake: object) -> float:
+        """``stake`` if it is one this fund takes (finite, ≥ 0, within its cap); refused with the
+        reason otherwise."""
+        return check_stake(stake, self.max_stake())
+
+    def set_max_stake(self, cap: float) -> None:
+        """Set the cap on one model's stake; refused below a stake the fund holds now."""
+        with self.session() as s:
+            largest = s.scalar(select(func.max(ModelRow.stake))) or 0.0
+            value = check_cap(cap, largest)
+            found = s.get(SettingRow, MAX_STAKE_SETTING)
+            if found is None:
+                s.add(SettingRow(name=MAX_STAKE_SETTING, value=value))
+            else:
+                found.value = value
 
     def spec_json(self, model: str) -> str:
         """The latest registered spec of ``model``, as JSON text."""
@@ -353,10 +410,11 @@ class Registry:
         """Store a resolved round's results and pay, in one transaction.
 
         ``per_era``: long rows (model, target, era, metric, value). ``payouts``: per model
-        ``corr``, ``mmc``, ``score``, ``payout``. Gains add to the stake and losses burn it (not
-        below 0). Reputation: the mean payout score over the model's last
-        ``reputation_rounds`` resolved rounds, this one included. Returns the payouts with
-        stakes and reputation.
+        ``corr``, ``mmc``, ``score``, ``payout``. Gains add to the stake (not beyond the fund's
+        cap) and losses burn it (not below 0). Reputation: the mean payout score over the
+        model's last ``reputation_rounds`` resolved rounds, this one included. Returns per model
+        ``stake_after``, ``beyond_cap`` (the part of a gain the cap kept out of the stake) and
+        ``reputation``.
         """
         with self.session() as s:
             record = self._round(s, round_name)
@@ -377,6 +435,7 @@ class Registry:
                 for row in per_era.itertuples()
             )
             paid: dict[str, PayoutRow] = {}
+            beyond_cap: dict[str, float] = {}
             for name, row in payouts.iterrows():
                 model = models[str(name)]
                 bundle = self._bundle(s, record, model.name)
@@ -391,7 +450,9 @@ class Registry:
                 )
                 s.add(paid[model.name])
                 kind = "payout" if row["payout"] >= 0 else "burn"
-                self._set_stake(s, model, model.stake + float(row["payout"]), kind, record.id)
+                wanted = model.stake + float(row["payout"])
+                self._set_stake(s, model, wanted, kind, record.id)
+                beyond_cap[model.name] = max(wanted - model.stake, 0.0)
             s.add_all(
                 CorrelationRow(round_id=record.id, first=str(a), second=str(b), value=_number(v))
                 for (a, b), v in correlations.stack(dropna=False).items()
@@ -405,6 +466,7 @@ class Registry:
                     {
                         "model": name,
                         "stake_after": models[name].stake,
+                        "beyond_cap": beyond_cap[name],
                         "reputation": payout.reputation,
                     }
                 )
@@ -596,14 +658,27 @@ class Registry:
         )
 
     @staticmethod
+    def _max_stake(s: Session) -> float:
+        found = s.get(SettingRow, MAX_STAKE_SETTING)
+        return DEFAULT_MAX_STAKE if found is None else float(found.value)
+
+    @staticmethod
     def _set_stake(
         s: Session, model: ModelRow, stake: float, kind: str, round_id: int | None
     ) -> None:
-        if not (stake == stake and abs(stake) != float("inf")):
-            raise RegistryError(f"a stake must be a finite number, got {stake}.")
-        if kind == "set" and stake < 0:
-            raise RegistryError(f"a stake must be ≥ 0, got {stake}.")
-        balance = max(stake, 0.0)
+        """Set a model's stake: ``set`` by its owner (checked, refused outside the limits), or
+        after a ``payout`` or ``burn`` (kept within them: a loss stops at 0, a gain at the
+        fund's cap; the payout's record keeps what was earned)."""
+        cap = Registry._max_stake(s)
+        if kind == "set":
+            balance = check_stake(stake, cap)
+        elif not math.isfinite(stake):
+            raise RegistryError(
+                f"a payout would leave the stake of model {model.name!r} at {stake}; nothing was "
+                "paid."
+            )
+        else:
+            balance = min(max(stake, 0.0), cap)
         if balance != model.stake or kind != "set":
             s.add(
                 StakeEventRow(

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     Enum,
     Float,
@@ -32,10 +34,18 @@ from fhe_toolkit.registry.records import (
     TrainingJobStatus,
     UploadStatus,
 )
+from fhe_toolkit.registry.stakes import STAKE_CEILING
 
 
 class Base(DeclarativeBase):
     pass
+
+
+def stake_in_range(table: str) -> CheckConstraint:
+    """The database's own refusal of a stake outside ``0..STAKE_CEILING`` (and of NaN)."""
+    return CheckConstraint(
+        f"stake >= 0 AND stake <= {int(STAKE_CEILING)}", name=f"ck_{table}_stake"
+    )
 
 
 def status_type(enum: type[StrEnum], length: int) -> Enum:
@@ -63,6 +73,7 @@ class ParticipantRow(Base):
 
 class ModelRow(Base):
     __tablename__ = "models"
+    __table_args__ = (stake_in_range("models"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -84,6 +95,15 @@ class ModelVersionRow(Base):
     spec_sha256: Mapped[str] = mapped_column(String(64))
     spec_json: Mapped[str] = mapped_column(Text)
     registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SettingRow(Base):
+    """One of the fund's settings, e.g. the cap on stakes (:mod:`fhe_toolkit.registry.stakes`)."""
+
+    __tablename__ = "settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON, nullable=False)
 
 
 class StakeEventRow(Base):
@@ -114,7 +134,7 @@ class RoundRow(Base):
 
 class BundleRow(Base):
     __tablename__ = "bundles"
-    __table_args__ = (UniqueConstraint("round_id", "model_id"),)
+    __table_args__ = (UniqueConstraint("round_id", "model_id"), stake_in_range("bundles"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"))

@@ -30,6 +30,11 @@ def check_stakes(stakes: object, models: pd.Index | None = None) -> pd.Series:
         raise ScoringInputError(
             f"stakes must be finite and ≥ 0, but model(s) {bad[:5]} have {given[bad[:5]].tolist()}."
         )
+    if not np.isfinite(values.sum()):
+        raise ScoringInputError(
+            "the stakes add up to more than a float holds; give them in smaller units (the meta "
+            "model weighs models by their shares of the total)."
+        )
     if not values.index.is_unique:
         raise ScoringInputError(
             "stakes name model(s) more than once: "
