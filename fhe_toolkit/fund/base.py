@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fhe_toolkit.errors import FundError
 from fhe_toolkit.fhe.glwe import RoundKey
@@ -90,9 +91,13 @@ class FundBase:
 
     def public_key(self) -> bytes:
         """The fund's public signing key, made on first use: give it to every participant."""
+        return public_bytes(self.signing_key())
+
+    def signing_key(self) -> Ed25519PrivateKey:
+        """The fund's private signing key (bundles are signed with it), made on first use."""
         if not self.identity_path.exists():
-            return create_identity(self.identity_path)
-        return public_bytes(load_private_key(self.identity_path))
+            create_identity(self.identity_path)
+        return load_private_key(self.identity_path)
 
     def models(self) -> pd.DataFrame:
         """Registered models: owner, family, target, stake, version."""

@@ -49,7 +49,7 @@ from fhe_toolkit.protocol.artifacts import (
 )
 from fhe_toolkit.protocol.manifest import ROUND_PATTERN
 from fhe_toolkit.protocol.modelspec import LinearSpec, ModelSpec
-from fhe_toolkit.protocol.signing import load_private_key, sign_directory
+from fhe_toolkit.protocol.signing import sign_directory
 from fhe_toolkit.registry import NewBundle
 
 
@@ -133,8 +133,7 @@ class Rounds(FundBase):
                 left_out[spec.name] = f"the live data lacks its features {absent[:5]}"
         linear = [s for s in specs.values() if isinstance(s, LinearSpec)]
         left_out |= self._over_the_cap(linear, max_packed_per_participant)
-        self.public_key()
-        signing_key = load_private_key(self.identity_path)
+        signing_key = self.signing_key()
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "bundles").mkdir(parents=True)
         frame[[ERA]].to_parquet(staging / "live_ids.parquet")
