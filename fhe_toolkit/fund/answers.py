@@ -21,9 +21,8 @@ received    the output is stored and the keys retired     retires the keys, if t
 written whole, through a temporary file and a rename, then the keys are retired, then the state
 says ``received``: never "keys retired but nothing stored", and an answer cut off in between is
 left ``decrypting``, where the operator sees it and the next receive finishes it. A refusal after
-decryption is recorded before the keys are retired. Receiving the answer that was received
-again returns what was stored (a command cut off after the fact can be run again); any other
-answer is refused.
+decryption is recorded before the keys are retired. Once received or refused, any answer
+(the same one too) is refused as received already.
 
 One process at a time works on an answer: it holds a lock file, which the OS releases when the
 process dies however it dies, so an answer found ``accepted`` or ``decrypting`` by the lock's
@@ -155,8 +154,6 @@ def receive_answer(slot: Slot, answer: Artifact) -> Any:
             return output
         elif stage is Stage.DONE:
             slot.retire_keys()  # in case a receive was cut off before it retired them
-            if answer.sha256 == slot.accepted_sha256() and slot.output.is_file():
-                return slot.load()  # this very answer, received already: nothing left to do
             raise FundError(f"{slot.what} was received already; each bundle is answered once.")
         slot.accept(answer, slot.check_signer(answer))
         keep_copy(answer, slot.kept)
