@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from common import machine, numerai_like
 
+from fhe_toolkit.fund import Fund
 from fhe_toolkit.fund.training import FundTraining
 from fhe_toolkit.participant.training import (
     TRAINING_SPEC_FILE,
@@ -29,6 +30,7 @@ from fhe_toolkit.participant.training import (
     compile_training_job,
     run_training_bundle,
 )
+from fhe_toolkit.protocol.signing import create_identity
 
 
 def measure(
@@ -41,19 +43,22 @@ def measure(
     spec = compile_training_job(job, work / name, name)
     compile_s = time.perf_counter() - start
     fund = FundTraining(work / f"fund-{name}", work / f"keys-{name}")
+    identity = work / f"participant-{name}.pem"
+    Fund(fund.root, fund.keys.root).add_participant("bench", create_identity(identity))
     start = time.perf_counter()
     fund.keys.create("keygen-only", name, spec)
     keygen_s = time.perf_counter() - start
     encrypted: list[float] = []
     bundle = fund.open_job(
-        "j1", work / name / TRAINING_SPEC_FILE, train,
+        "j1", work / name / TRAINING_SPEC_FILE, train, participant="bench",
         on_progress=lambda done, total: encrypted.append(time.perf_counter()),
     )  # fmt: skip
     encrypt_s = float(np.median(np.diff(encrypted))) if steps > 1 else float("nan")
     stamps: list[float] = []
     start = time.perf_counter()
     result = run_training_bundle(
-        bundle, work / name, work / f"result-{name}",
+        bundle, work / name, work / f"result-{name}", identity=identity,
+        fund_key=fund.public_key(),
         on_progress=lambda done, total: stamps.append(time.perf_counter()),
     )  # fmt: skip
     run_s = time.perf_counter() - start

@@ -207,7 +207,7 @@ def test_keys_are_private_retired_and_never_in_bundles(world, received):
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in folder.iterdir())
     with pytest.raises(KeyStoreError, match="retired"):
         store.keyset_path("r1", "lin")
-    with pytest.raises(RegistryError, match="received already"):
+    with pytest.raises(FundError, match="received already"):
         world["fund"].receive("r1", world["submissions"]["lin"])
     bundles = world["fund"].round_record("r1").bundles
     assert {name: bundles[name].status for name in MODELS} == dict.fromkeys(

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from fhe_toolkit.errors import FundError, ManifestError
-from fhe_toolkit.fund.intake import keep_copy, receiving
+from fhe_toolkit.fund.answers import keep_copy, receiving
 from fhe_toolkit.fund.resolution import _check_targets
 from fhe_toolkit.protocol.artifacts import PREDICTIONS, SUBMISSION, open_answer, write_artifact
 from fhe_toolkit.protocol.manifest import MANIFEST, SIGNATURE

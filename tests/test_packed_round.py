@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from fhe_toolkit.data import SynthConfig
-from fhe_toolkit.errors import FundError, ParticipantError, RegistryError
+from fhe_toolkit.errors import FundError, ParticipantError
 from fhe_toolkit.fhe.checkpoint import Checkpoint
 from fhe_toolkit.fhe.packed import CHUNK_ROWS, PACKED_KEYS, MultiplyTask
 from fhe_toolkit.participant import run_bundle, train_model
@@ -105,7 +105,7 @@ def test_decrypted_predictions_equal_the_clear_quantized_model_exactly(world, tm
             predictions.sort_index(), expected.sort_index(), check_names=False, rtol=0, atol=0
         )
     # One decryption per model; the round key is retired after the round's last packed model.
-    with pytest.raises(RegistryError, match="received already"):
+    with pytest.raises(FundError, match="received already"):
         fund.receive("r1", tmp_path / "a-lin")
     assert fund.keys.is_retired("r1", PACKED_KEYS)
 

@@ -148,19 +148,22 @@ def test_old_submission_statuses_become_a_status_and_its_detail(database_url):
     assert [tuple(row) for row in stored] == [
         (str(status), detail) for _, status, detail in OLD_STATUSES.values()
     ]  # the database keeps readable words
-    # The submission being decrypted when the fund was cut off is still taken again, once.
-    registry.accept_submission("r1", "m1", "d" * 64, "alice")
-    registry.set_submission_status("r1", "m1", SubmissionStatus.RECEIVED)
+    # The submission being decrypted when the fund was cut off is still the one on record (the
+    # receive path finishes it from the kept copy); no other one is accepted for the bundle.
+    assert registry.accepted_submission("r1", "m1") == "d" * 64
     with pytest.raises(RegistryError, match="received already"):
         registry.accept_submission("r1", "m1", "d" * 64, "alice")
-    # And back: the messages are rebuilt as versions before 0003 wrote them.
+    registry.accept_submission("r1", "m0", "a" * 64, "alice")  # its copy being kept
+    # And back: the messages are rebuilt as versions before 0003 wrote them; a submission whose
+    # copy was being kept is one they take again, as they did one cut off while decrypting.
     with schema_change(engine) as connection:
         command.downgrade(migrations_config(connection), "0002")
     with engine.connect() as connection:
         old = connection.execute(sa.text("SELECT status FROM bundles ORDER BY id")).scalars()
-        assert list(old) == ["awaiting submission", "received", *(
-            text for text, _, _ in list(OLD_STATUSES.values())[2:]
-        )]  # fmt: skip
+        assert list(old) == [
+            "accepted: decrypting",
+            *(text for text, _, _ in list(OLD_STATUSES.values())[1:]),
+        ]
         assert "detail" not in {c["name"] for c in sa.inspect(connection).get_columns("bundles")}
 
 
@@ -198,10 +201,18 @@ def test_training_jobs_are_recorded_and_take_one_result(database_url):
         TrainingJobStatus.AWAITING, "alice", 3,
     )  # fmt: skip
     assert record.opened_at.tzinfo is not None and record.received_at is None
-    registry.accept_training_result("j1", "c" * 64)
-    registry.accept_training_result("j1", "c" * 64)  # cut off while decrypting: taken again
+    registry.accept_training_result("j1", "e" * 64)
     with pytest.raises(RegistryError, match="received already"):
         registry.accept_training_result("j1", "e" * 64)
+    registry.roll_back_training_result("j1")  # cut off while keeping its copy
+    record = registry.training_job("j1")
+    assert (record.status, record.result_sha256, record.received_at) == (
+        TrainingJobStatus.AWAITING, None, None,
+    )  # fmt: skip
+    registry.accept_training_result("j1", "c" * 64)
+    registry.set_training_status("j1", TrainingJobStatus.DECRYPTING)
+    with pytest.raises(RegistryError, match="only a result still being kept"):
+        registry.roll_back_training_result("j1")
     registry.set_training_status("j1", TrainingJobStatus.DECRYPTED)
     with pytest.raises(RegistryError, match="received already"):
         registry.accept_training_result("j1", "c" * 64)
@@ -265,8 +276,16 @@ def test_refusals(database_url):
     registry.create_round("r2", 1, datetime.now(UTC) + timedelta(hours=1), bundles)
     assert registry.round_record("r2").bundles["m-a"].status == SubmissionStatus.AWAITING
     registry.accept_submission("r2", "m-a", "d" * 64, "alice")
-    registry.accept_submission("r2", "m-a", "d" * 64, "alice")  # cut off before decryption
-    assert registry.round_record("r2").bundles["m-a"].status == SubmissionStatus.DECRYPTING
+    assert registry.round_record("r2").bundles["m-a"].status == SubmissionStatus.ACCEPTED
+    with pytest.raises(RegistryError, match="received already"):
+        registry.accept_submission("r2", "m-a", "e" * 64, "alice")
+    registry.roll_back_submission("r2", "m-a")  # cut off while keeping its copy
+    assert registry.accepted_submission("r2", "m-a") is None
+    registry.accept_submission("r2", "m-a", "e" * 64, "alice")  # the participant sends again
+    assert registry.accepted_submission("r2", "m-a") == "e" * 64
+    registry.set_submission_status("r2", "m-a", SubmissionStatus.DECRYPTING)
+    with pytest.raises(RegistryError, match="only one still being kept"):
+        registry.roll_back_submission("r2", "m-a")  # decryption may have begun: finished instead
     registry.set_submission_status("r2", "m-a", SubmissionStatus.RECEIVED)
     with pytest.raises(RegistryError, match="received already"):
         registry.accept_submission("r2", "m-a", "d" * 64, "alice")

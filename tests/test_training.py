@@ -9,8 +9,11 @@ ML's single-process training without FHE, and the spec's refusals without any en
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,12 +26,12 @@ from fhe_toolkit.errors import (
     KeyStoreError,
     ManifestError,
     ParticipantError,
-    RegistryError,
     SpecError,
 )
 from fhe_toolkit.fhe.checkpoint import Checkpoint
 from fhe_toolkit.fhe.codecs import TrainingCodec, plan_batches
 from fhe_toolkit.fund import Fund
+from fhe_toolkit.fund.answers import usable
 from fhe_toolkit.fund.training import FundTraining
 from fhe_toolkit.participant import run_bundle
 from fhe_toolkit.participant.outputs import CHECKPOINT
@@ -46,12 +49,21 @@ from fhe_toolkit.protocol.artifacts import (
     open_artifact,
     write_artifact,
 )
-from fhe_toolkit.protocol.manifest import MANIFEST
+from fhe_toolkit.protocol.manifest import MANIFEST, SIGNATURE
 from fhe_toolkit.protocol.modelspec import read_spec
+from fhe_toolkit.protocol.signing import (
+    create_identity,
+    load_private_key,
+    public_key_path,
+    sign_directory,
+)
 from fhe_toolkit.protocol.training_spec import TrainingSpec
-from fhe_toolkit.registry import TrainingJobStatus
+from fhe_toolkit.registry import NewTrainingJob, TrainingJobStatus
 from tests.cli_runner import cli, ok
 from tests.identities import enroll
+from tests.interrupting import finish, kill_when, start
+from tests.test_fhe_round import rewrite_manifest
+from tests.test_protocol import write_training_bundle
 
 CONFIG = SynthConfig(
     train_eras=10, validation_eras=2, live_eras=1, rows_per_era=40, n_features=12, n_groups=3
@@ -86,13 +98,17 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(job) -> dict:
-    """The whole job in real FHE: the fund opens it, the participant runs one step and is
-    interrupted, resumes for one more and is interrupted again, refusals are tried, the CLI
-    resumes and finishes, the fund decrypts."""
+    """The whole job in real FHE: the fund opens it for alice, who runs one step and is
+    interrupted, resumes for one more and is interrupted again; refusals are tried, the CLI
+    resumes and finishes; the fund's receive is killed while decrypting, then run twice at once
+    (one finishes it, the other is turned away or handed the result), then once more."""
     root = job["root"]
+    records = Fund(root / "fund", root / "keys")
+    identities = {who: enroll(records, root, who) for who in ("alice", "bob")}
     ok(cli("fund", "open-training", "t1", "job/training_spec.json",
-           "--data", job["paths"]["train"], cwd=root))  # fmt: skip
+           "--data", job["paths"]["train"], "--participant", "alice", cwd=root))  # fmt: skip
     bundle = root / "fund" / "training" / "t1" / "bundle"
+    fund_key = records.public_key()
 
     def interrupt_after(steps: int, reports: list[tuple[int, int]]):
         def report(done: int, total: int) -> None:
@@ -104,8 +120,8 @@ def trained(job) -> dict:
 
     first: list[tuple[int, int]] = []
     with pytest.raises(KeyboardInterrupt):
-        run_training_bundle(bundle, root / "job", root / "result",
-                            on_progress=interrupt_after(1, first))  # fmt: skip
+        run_training_bundle(bundle, root / "job", root / "result", identity=identities["alice"],
+                            fund_key=fund_key, on_progress=interrupt_after(1, first))  # fmt: skip
     checkpoint = Checkpoint(
         root / "result" / CHECKPOINT, owner=open_artifact(bundle, TRAINING_BUNDLE).sha256
     )
@@ -113,42 +129,61 @@ def trained(job) -> dict:
     checkpoint.close()
     second: list[tuple[int, int]] = []
     with pytest.raises(KeyboardInterrupt):
-        run_training_bundle(bundle, root / "job", root / "result",
+        run_training_bundle(bundle, root / "job", root / "result", identity=identities["alice"],
                             on_progress=interrupt_after(2, second))  # fmt: skip
     resumed = cli("participant", "train-encrypted", bundle, "--job", "job", "--out", "result",
-                  cwd=root)  # fmt: skip
+                  "--identity", identities["alice"], "--fund-key", public_key_path(
+                      records.identity_path), cwd=root)  # fmt: skip
     ok(resumed)
-    refusals = try_bad_results(FundTraining(root / "fund", root / "keys"), root)
-    out = ok(cli("fund", "receive-training", "t1", "result", cwd=root))
-    again = cli("fund", "receive-training", "t1", "result", cwd=root)
+    training = FundTraining(root / "fund", root / "keys")
+    refusals = try_bad_results(training, root, identities["bob"])
+
+    receive = ("fund", "receive-training", "t1", "result")
+    killed = start(*receive, cwd=root)
+    kill_when(killed, lambda: training.job_record("t1").status == TrainingJobStatus.DECRYPTING)
+    cut_off = training.job_record("t1").status, usable(training.training_keys, "t1", "sgd")
+    both = sorted((finish(p) for p in [start(*receive, cwd=root) for _ in range(2)]),
+                  key=lambda r: r.returncode)  # fmt: skip
+    again = cli(*receive, cwd=root)
     weights_path = root / "fund" / "training" / "t1" / "weights.json"
     return {
         "bundle": bundle, "saved_step": saved_step, "reports": (first, second),
-        "resumed": resumed, "refusals": refusals,
-        "receive_out": out, "again": again, "weights": json.loads(weights_path.read_text()),
-        "weights_path": weights_path,
+        "resumed": resumed, "refusals": refusals, "cut_off": cut_off, "both": both,
+        "identities": identities,
+        "receive_out": ok(both[0]), "again": again,
+        "weights": json.loads(weights_path.read_text()), "weights_path": weights_path,
     }  # fmt: skip
 
 
-def try_bad_results(training: FundTraining, root: Path) -> dict[str, str]:
+def try_bad_results(training: FundTraining, root: Path, stranger: Path) -> dict[str, str]:
     """Results that must be refused before any decryption."""
     messages = {}
     for label, change in (
-        ("other job", lambda raw: raw.replace('"round_id": "t1"', '"round_id": "t0"')),
-        ("altered file", None),
+        ("other job", lambda d: rewrite(d, '"round_id": "t1"', '"round_id": "t0"')),
+        ("altered file", lambda d: flip_a_byte(d / WEIGHTS)),
+        ("altered and re-hashed", lambda d: (flip_a_byte(d / WEIGHTS), rewrite_manifest(d))),
+        ("signed by another participant", lambda d: sign_directory(d, load_private_key(stranger))),
+        ("unsigned", lambda d: (d / SIGNATURE).unlink()),
     ):
         bad = root / f"bad-{label.replace(' ', '-')}"
         shutil.copytree(root / "result", bad)
-        if change is None:
-            with (bad / WEIGHTS).open("r+b") as handle:
-                handle.seek(100)
-                handle.write(b"\xff" * 8)
-        else:
-            (bad / MANIFEST).write_text(change((bad / MANIFEST).read_text()))
+        change(bad)
         with pytest.raises((FundError, ManifestError)) as err:
             training.receive("t1", bad)
         messages[label] = str(err.value)
     return messages
+
+
+def rewrite(directory: Path, old: str, new: str) -> None:
+    (directory / MANIFEST).write_text((directory / MANIFEST).read_text().replace(old, new))
+
+
+def flip_a_byte(path: Path) -> None:
+    with path.open("r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
 
 
 def test_the_funds_draws_and_arithmetic_equal_concrete_ml_single_process_training(job):
@@ -202,8 +237,21 @@ def test_an_interrupted_run_resumes_at_the_next_step(job, trained):
 
 @pytest.mark.fhe
 def test_bad_results_are_refused_before_decryption_and_keys_decrypt_once(job, trained):
-    assert "does not match training job 't1'" in trained["refusals"]["other job"]
-    assert "SHA-256" in trained["refusals"]["altered file"]
+    refusals = trained["refusals"]
+    assert "does not match training job 't1'" in refusals["other job"]
+    assert "SHA-256" in refusals["altered file"]
+    assert "signature is not alice's" in refusals["altered and re-hashed"]
+    assert (
+        "signed by 'bob', who does not own training job 't1'"
+        in refusals["signed by another participant"]
+    )
+    assert "is not signed" in refusals["unsigned"]
+    # Killed while decrypting: nothing stored, keys kept. Of the two receives started at once,
+    # one finished it from the kept copy; the other found it being received, or received.
+    assert trained["cut_off"] == (TrainingJobStatus.DECRYPTING, True)
+    late = trained["both"][1]
+    assert late.returncode == 2, late.stdout + late.stderr
+    assert re.search("being received by another process|received already", late.stderr)
     again = trained["again"]
     assert again.returncode == 2 and "received already" in again.stderr
     training = FundTraining(job["root"] / "fund", job["root"] / "keys")
@@ -221,7 +269,8 @@ def test_a_bundle_for_another_job_is_refused(job, trained, tmp_path):
     other = TrainingJob(features=job["spec"].features, iterations=1, batch_size=BATCH, seed=7)
     compile_training_job(other, tmp_path / "other", "other")
     with pytest.raises(ParticipantError, match="encrypted for training spec"):
-        run_training_bundle(trained["bundle"], tmp_path / "other", tmp_path / "out")
+        run_training_bundle(trained["bundle"], tmp_path / "other", tmp_path / "out",
+                            identity=trained["identities"]["alice"])  # fmt: skip
 
 
 @pytest.mark.fhe
@@ -231,7 +280,7 @@ def test_the_trained_model_enters_and_scores_in_an_encrypted_round(job, trained)
            "--calibration", job["paths"]["train"], "--name", "sgd-model", "--out", "model",
            cwd=root))  # fmt: skip
     fund = Fund(root / "fund", root / "keys")
-    identity = enroll(fund, root, "alice")
+    identity = trained["identities"]["alice"]
     fund.register(root / "model" / "model_spec.json", participant="alice", stake=10)
     live = load_tournament(job["paths"]["live"])
     bundles = fund.open_round("r1", live)
@@ -245,6 +294,66 @@ def test_the_trained_model_enters_and_scores_in_an_encrypted_round(job, trained)
     assert np.corrcoef(predictions.loc[live.index], clear)[0, 1] > 0.99
     results = fund.score("r1", job["paths"]["live_targets"], live=live, close_now=True)
     assert np.isfinite(results.scores.loc["sgd-model", "corr"])
+
+
+def test_a_result_is_taken_only_signed_by_its_jobs_participant(job, tmp_path):
+    """No FHE: two jobs on record, alice's and bob's. Bob relabels a result for alice's job (its
+    ids and hashes copied from her bundle) and signs it; alice's own result has a byte of
+    weights.bin flipped and its manifest's hashes recomputed. Both are refused before anything
+    is accepted, kept or decrypted."""
+    spec = job["spec"]
+    keys = {who: enroll(Fund(tmp_path / "fund", tmp_path / "keys"), tmp_path, who)
+            for who in ("alice", "bob")}  # fmt: skip
+    training = FundTraining(tmp_path / "fund", tmp_path / "keys")
+    bindings = {}
+    for job_id, who in (("ja", "alice"), ("jb", "bob")):
+        bindings[job_id] = {
+            "round_id": job_id, "model": spec.name, "key_set_id": uuid.uuid4().hex,
+            "spec_sha256": spec.sha256(),
+            "bundle_sha256": hashlib.sha256(job_id.encode()).hexdigest(),
+            "n_rows": STEPS * BATCH, "n_batches": STEPS, "batch_size": BATCH,
+        }  # fmt: skip
+        training.db.open_training_job(NewTrainingJob(
+            job_id=job_id, name=spec.name, participant=who, n_samples=80, positive_share=0.5,
+            iterations=STEPS, **{k: bindings[job_id][k] for k in
+                                 ("key_set_id", "spec_sha256", "bundle_sha256")},
+        ))  # fmt: skip
+
+    def result(label: str, job_id: str, signer: str) -> Path:
+        directory = tmp_path / label
+        write_artifact(directory, TRAINING_RESULT, blobs={WEIGHTS: bytes(200), BIAS: bytes(8)},
+                       versions={}, **bindings[job_id])  # fmt: skip
+        sign_directory(directory, load_private_key(keys[signer]))
+        return directory
+
+    with pytest.raises(FundError, match="signed by 'bob', who does not own training job 'ja'"):
+        training.receive("ja", result("relabelled", "ja", "bob"))
+    altered = result("altered", "ja", "alice")
+    flip_a_byte(altered / WEIGHTS)
+    rewrite_manifest(altered)
+    with pytest.raises(FundError, match="signature is not alice's"):
+        training.receive("ja", altered)
+    for job_id in ("ja", "jb"):
+        assert training.job_record(job_id).status == TrainingJobStatus.AWAITING
+        assert not (training.job_dir(job_id) / "result").exists()
+
+
+def test_a_training_bundle_the_fund_did_not_sign_is_refused(tmp_path):
+    """No FHE: with --fund-key, a bundle unsigned or signed by anyone but the fund is refused
+    before any step runs."""
+    bundle, participant, fund = tmp_path / "bundle", tmp_path / "me.pem", tmp_path / "fund.pem"
+    write_training_bundle(bundle)
+    create_identity(participant)
+    create_identity(fund)
+    with pytest.raises(ParticipantError, match="is not signed"):
+        run_training_bundle(bundle, tmp_path / "job", tmp_path / "out", identity=participant,
+                            fund_key=public_key_path(fund))  # fmt: skip
+    sign_directory(bundle, load_private_key(participant))
+    result = cli("participant", "train-encrypted", bundle, "--job", "job", "--out", "out",
+                 "--identity", participant, "--fund-key", public_key_path(fund),
+                 cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "signature is not the fund's" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_job_opened_by_an_earlier_version_is_imported_once(job, tmp_path):
@@ -287,13 +396,18 @@ def test_a_job_opened_by_an_earlier_version_is_imported_once(job, tmp_path):
         model=spec.name, key_set_id="0" * 32, spec_sha256=spec.sha256(), bundle_sha256="b" * 64,
         n_rows=STEPS * BATCH, n_batches=STEPS, batch_size=BATCH, versions={},
     )  # fmt: skip
-    with pytest.raises(RegistryError, match="received already"):
+    with pytest.raises(FundError, match="received already"):
         training.receive("done", result)
     with pytest.raises(FundError, match="does not match training job 'waiting'"):
         training.receive("waiting", result)
+    # Opened without a participant: no signature can make a result its.
+    rewrite(result, '"round_id": "done"', '"round_id": "waiting"')
+    with pytest.raises(FundError, match="opened without a participant"):
+        training.receive("waiting", result)
+    assert training.job_record("waiting").status == TrainingJobStatus.AWAITING
     assert not (training.job_dir("done") / "result").exists()
     with pytest.raises(FundError, match="open already"):
-        training.open_job("done", spec_path, job["train"])
+        training.open_job("done", spec_path, job["train"], participant="alice")
     with pytest.raises(FundError, match="never opened"):
         training.job_record("nothing")
 
@@ -324,7 +438,9 @@ def test_training_specs_are_validated(job, tmp_path):
         with pytest.raises(SpecError, match="not a valid training spec"):
             read_spec(path, TrainingSpec)
         with pytest.raises(SpecError):
-            FundTraining(tmp_path / "fund", tmp_path / "keys").open_job("j", path, job["train"])
+            FundTraining(tmp_path / "fund", tmp_path / "keys").open_job(
+                "j", path, job["train"], participant="alice"
+            )
     assert not (tmp_path / "keys").exists(), "no key was made for a refused spec"
 
 
@@ -333,9 +449,11 @@ def test_the_fund_refuses_data_the_job_cannot_train_on(job, tmp_path):
     training = FundTraining(tmp_path / "fund", tmp_path / "keys")
     one_class = job["train"].assign(target=0.25)
     with pytest.raises(FundError, match="training needs both classes"):
-        training.open_job("j", spec_path, one_class)
+        training.open_job("j", spec_path, one_class, participant="alice")
     with pytest.raises(FundError, match="no column"):
-        training.open_job("j", spec_path, job["train"].drop(columns=job["spec"].features[0]))
+        training.open_job(
+            "j", spec_path, job["train"].drop(columns=job["spec"].features[0]), participant="alice"
+        )
     assert not (tmp_path / "fund" / "training" / "j").exists()
 
 

@@ -341,7 +341,8 @@ def receive(
 
     Refused before decryption: a tampered or truncated file, another round, model or bundle, a
     signature that is not the model owner's, a model already received, a closed round or one
-    past its deadline. The submission is kept as sent.
+    past its deadline. The submission is kept as sent. A receive that was cut off (killed,
+    machine down) is finished or rolled back by running the command again.
     """
     with progress_bar("rows") as progress:
         predictions = fund.receive(

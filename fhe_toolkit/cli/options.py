@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from fhe_toolkit.cli import notes
 from fhe_toolkit.data.io import FEATURES_JSON
 from fhe_toolkit.fhe.engine import parse_scheduler
 
@@ -122,3 +123,24 @@ def scheduler_option(what: str) -> Decorator:
         help=f"Run {what} on the workers of this Dask scheduler (see docs/cluster.md) instead "
         "of worker processes on this machine; --workers is then ignored.",
     )  # fmt: skip
+
+
+def identity_option(signs: str) -> Decorator:
+    """``--identity KEY``: the participant's private signing key, which signs ``signs``."""
+    return click.option(
+        "--identity", required=True, type=click.Path(dir_okay=False, path_type=Path),
+        help=f"Your private signing key (see `fhe-toolkit identity new`); signs the {signs}.",
+    )  # fmt: skip
+
+
+fund_key_option = click.option(
+    "--fund-key",
+    help="The fund's public key (.pub file or hex): refuse a bundle the fund did not sign.",
+)
+"""``--fund-key``, for the commands that run a bundle: passed as ``fund_key``."""
+
+
+def note_unchecked(fund_key: str | None) -> None:
+    """Say so when a bundle is run without checking the fund's signature."""
+    if fund_key is None:
+        notes.print("note: without --fund-key, the bundle's signature is not checked")

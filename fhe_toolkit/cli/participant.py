@@ -22,6 +22,9 @@ from fhe_toolkit.cli.data import read_predictions
 from fhe_toolkit.cli.display import print_frame
 from fhe_toolkit.cli.options import (
     features_json_option,
+    fund_key_option,
+    identity_option,
+    note_unchecked,
     out_dir_option,
     scheduler_option,
     train_option,
@@ -244,16 +247,8 @@ def train(
     help="The model directory written by `participant train`.",
 )
 @out_dir_option("Submission directory (also holds the checkpoint of an interrupted run).")
-@click.option(
-    "--identity",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Your private signing key (see `fhe-toolkit identity new`); signs the submission.",
-)
-@click.option(
-    "--fund-key",
-    help="The fund's public key (.pub file or hex): refuse a bundle the fund did not sign.",
-)
+@identity_option("submission")
+@fund_key_option
 @workers_option("FHE execution")
 @scheduler_option("the FHE execution")
 @friendly_errors
@@ -274,8 +269,7 @@ def run(
     reported with the row. Interrupted (Ctrl-C)? Run the same command again: finished rows are
     kept.
     """
-    if fund_key is None:
-        notes.print("note: without --fund-key, the bundle's signature is not checked")
+    note_unchecked(fund_key)
     with progress_bar("rows") as progress:
         submission = run_bundle(
             bundle_dir, model_dir, out_dir, identity=identity, fund_key=fund_key, workers=workers,

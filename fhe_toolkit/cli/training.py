@@ -17,7 +17,13 @@ import pandas as pd
 from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
 from fhe_toolkit.cli.display import print_frame
 from fhe_toolkit.cli.fund import database_option, fund_dir_option, keys_option, say_tightened
-from fhe_toolkit.cli.options import out_dir_option, validation_option
+from fhe_toolkit.cli.options import (
+    fund_key_option,
+    identity_option,
+    note_unchecked,
+    out_dir_option,
+    validation_option,
+)
 from fhe_toolkit.data import load_features_json, load_tournament
 from fhe_toolkit.fund.training import WEIGHTS_FILE, FundTraining
 from fhe_toolkit.participant.model import SPEC_FILE, compile_model, diagnose, export_model
@@ -120,20 +126,26 @@ def training_job(
     help="The job directory written by `participant training-job`.",
 )
 @out_dir_option("Result directory (also holds the checkpoint of an interrupted run).")
+@identity_option("result")
+@fund_key_option
 @friendly_errors
-def train_encrypted(bundle_dir: Path, job_dir: Path, out_dir: Path) -> None:
-    """Run every SGD step of a training bundle on its encrypted batches.
+def train_encrypted(
+    bundle_dir: Path, job_dir: Path, out_dir: Path, identity: Path, fund_key: str | None
+) -> None:
+    """Run every SGD step of a training bundle on its encrypted batches; sign the result.
 
     The weights stay encrypted from the first step to the last and are checkpointed after
-    each: interrupted? Run the same command again to resume. Send OUT to the fund.
+    each: interrupted? Run the same command again to resume. Send OUT to the fund, which takes
+    it only signed by the participant the job is for.
     """
+    note_unchecked(fund_key)
     with progress_bar("steps") as progress:
         task = progress.add_task("encrypted SGD", total=None)
         result = run_training_bundle(
-            bundle_dir, job_dir, out_dir,
+            bundle_dir, job_dir, out_dir, identity=identity, fund_key=fund_key,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )  # fmt: skip
-    console.print(f"encrypted weights written to {result}; send this directory to the fund")
+    console.print(f"signed encrypted weights written to {result}; send this directory to the fund")
 
 
 @click.command("from-weights")
@@ -196,7 +208,9 @@ def from_weights(
     help="The fund's rows to train on (Numerai-format parquet with the job's target).",
 )
 @click.option(
-    "--participant", help="The registered participant the job is for (kept in the records)."
+    "--participant",
+    required=True,
+    help="The registered participant the job is for: the fund takes only a result it signed.",
 )
 @fund_dir_option
 @keys_option
@@ -206,7 +220,7 @@ def open_training(
     job_id: str,
     spec_path: Path,
     data_path: Path,
-    participant: str | None,
+    participant: str,
     fund_dir: Path,
     key_dir: Path,
     database: str | None,
@@ -214,7 +228,8 @@ def open_training(
     """Open training job JOB_ID for a participant's training_spec.json.
 
     Fresh keys for the job; the starting weights and every step's batch of features and labels
-    encrypted. Hand the bundle directory to the participant.
+    encrypted; the bundle signed by the fund. Hand the bundle directory to the participant,
+    with the fund's public key.
     """
     training = FundTraining(fund_dir, key_dir, database=database)
     say_tightened(training.keys)
@@ -244,8 +259,9 @@ def receive_training(
 ) -> None:
     """Check a training result, decrypt the weights once (then retire the keys), write them.
 
-    Refused before decryption: a tampered or truncated file, another job or bundle, a result
-    received already.
+    Refused before decryption: a tampered or truncated file, another job or bundle, a signature
+    that is not the job's participant's, a result received already. A receive that was cut off
+    (killed, machine down) is finished or rolled back by running the command again.
     """
     training = FundTraining(fund_dir, key_dir, database=database)
     say_tightened(training.keys)

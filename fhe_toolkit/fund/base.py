@@ -96,16 +96,16 @@ class FundBase:
 
     def public_key(self) -> bytes:
         """The fund's public signing key, made on first use: give it to every participant."""
+        return public_bytes(self.signing_key())
+
+    def signing_key(self) -> Ed25519PrivateKey:
+        """The fund's private signing key (bundles are signed with it), made on first use;
+        decrypted in memory if the key store is encrypted."""
         if not self.identity_path.exists() and not self.identity_path.is_symlink():
             pem, public = new_identity()
             make_private_dirs(self.keys.root)
             self.keys.write_secret(self.identity_path, pem)
             write_public_key(self.identity_path, public)
-            return public
-        return public_bytes(self.signing_key())
-
-    def signing_key(self) -> Ed25519PrivateKey:
-        """The fund's private signing key (decrypted in memory if the key store is encrypted)."""
         return private_key_from_pem(self.keys.read_secret(self.identity_path), self.identity_path)
 
     def models(self) -> pd.DataFrame:

@@ -1,130 +1,57 @@
-"""One receive path for what participants send back: round submissions and training results.
-
-Each answer goes through the same steps: its manifest and files check out (done by opening it),
-it is bound to what the fund sent (round or job, model, key set, spec, bundle), a copy is kept
-as sent, and it is decrypted once in worker processes, after which its keys are retired
-whatever happened: a key set decrypts once.
+"""Round submissions into the one receive path (:mod:`fhe_toolkit.fund.answers`): what a round
+checks before accepting one, and how each path (a circuit model's own keys, or the round's packed
+key) decrypts it and stores its predictions.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from abc import abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fhe_toolkit.errors import FundError, IdentityError, PackedError, RowsCrashedError
+from fhe_toolkit.errors import FundError
 from fhe_toolkit.fhe.codecs import LinearCodec, SpecCodec
-from fhe_toolkit.fhe.engine import RowFailure, run_rows
-from fhe_toolkit.fhe.glwe import RoundKey, decrypt_chunk
-from fhe_toolkit.fhe.keystore import SPECS, KeyStore
+from fhe_toolkit.fhe.glwe import PackedError, RoundKey, decrypt_chunk
 from fhe_toolkit.fhe.packed import (
     PACKED_KEYS,
     PADDING_PREFIX,
     load_round_key,
     verify_products,
 )
-from fhe_toolkit.fhe.tasks import DecryptTask
+from fhe_toolkit.fund.answers import (
+    Refused,
+    Slot,
+    Stage,
+    check_binding,
+    check_signer,
+    decrypt_items,
+    receive_answer,
+    retire_once,
+    usable,
+)
 from fhe_toolkit.fund.base import PACKED_LIVE, FundBase, report_progress
 from fhe_toolkit.protocol.artifacts import (
     PACKED_SUBMISSION,
     SUBMISSION,
     Artifact,
-    copy_artifact,
     open_answer,
 )
-from fhe_toolkit.protocol.modelspec import AnyModelSpec, LinearSpec, model_spec_from
-from fhe_toolkit.protocol.signing import signed_by, verify_directory
+from fhe_toolkit.protocol.files import write_atomic
+from fhe_toolkit.protocol.modelspec import AnyModelSpec, LinearSpec, ModelSpec, model_spec_from
 from fhe_toolkit.registry import BundleRecord, SubmissionStatus
 
-
-def check_binding(
-    answer: Artifact, expected: Mapping[str, object], noun: str, answers: str
-) -> None:
-    """Refuse ``answer`` unless each manifest field in ``expected`` has the expected value.
-
-    ``noun`` names the answer ("submission"), ``answers`` what it must answer ("training job
-    'j1'"), for the message.
-    """
-    for field, value in expected.items():
-        found = getattr(answer.manifest, field)
-        if found != value:
-            raise FundError(
-                f"the {noun}'s {field} ({str(found)[:16]}) does not match {answers} "
-                f"({str(value)[:16]}): it was made from another bundle or was altered."
-            )
-
-
-def keep_copy(answer: Artifact, target: Path) -> None:
-    """Keep the answer in ``target`` as sent: its manifest, signature and listed files only,
-    copied to a staging folder first, so a crash leaves no half copy and a copy kept by an
-    attempt that was cut off is replaced only once the new one is complete (even when the
-    answer is sent again from that very copy)."""
-    staging = target.with_name(f".{target.name}.receiving")
-    shutil.rmtree(staging, ignore_errors=True)
-    copy_artifact(answer, staging)
-    if target.exists():
-        old = target.with_name(f".{target.name}.replaced")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old)
-    else:
-        staging.rename(target)
-
-
-@contextmanager
-def receiving(lock: Path, what: str) -> Iterator[None]:
-    """Hold the one right to receive ``what`` (a lock file, released by the OS even if the
-    process is killed): two receives of the same answer never both decrypt."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FundError(
-                f"{what} is being received by another process right now; wait for it to finish "
-                "(its result is final: a key set decrypts once)."
-            ) from None
-        yield
-
-
-def decrypt_once(
-    keys: KeyStore,
-    scope: str,
-    name: str,
-    items: Sequence[Any],
-    *,
-    reason: str,
-    workers: int | None = None,
-    on_done: Callable[[int], None] | None = None,
-    scheduler: str | None = None,
-) -> tuple[dict[int, Any], list[RowFailure]]:
-    """Decrypt every item with the key set of (``scope``, ``name``) in worker processes (or on
-    the Dask cluster at ``scheduler``), then retire the key set (``reason`` is recorded),
-    whatever happened.
-
-    Returns the decrypted items by position, and the items that could not be decrypted (the
-    runtime crashed or refused them: they were not computed under these keys).
-    """
-    task = DecryptTask(str(keys.directory(scope, name) / SPECS), keys.secret_source(scope, name))
-    decrypted: dict[int, Any] = {}
-    try:
-        failures = run_rows(
-            task, items, range(len(items)), decrypted.__setitem__,
-            workers=workers, chunk_size=32, on_done=on_done, scheduler=scheduler,
-        )  # fmt: skip
-    except RowsCrashedError as exc:
-        failures = exc.failures
-    finally:
-        keys.retire(scope, name, reason=reason)
-    return decrypted, failures
+STAGES = {
+    SubmissionStatus.AWAITING: Stage.AWAITING,
+    SubmissionStatus.ACCEPTED: Stage.ACCEPTED,
+    SubmissionStatus.DECRYPTING: Stage.DECRYPTING,
+    SubmissionStatus.RECEIVED: Stage.DONE,
+    SubmissionStatus.REFUSED: Stage.DONE,
+}
+PENDING = (SubmissionStatus.AWAITING, SubmissionStatus.ACCEPTED, SubmissionStatus.DECRYPTING)
 
 
 class Intake(FundBase):
@@ -146,10 +73,11 @@ class Intake(FundBase):
         manifest or file that does not check out, another round, model, key set or bundle,
         missing or repeated batches, a signature that is not the model owner's, a model already
         received, a round closed or past its deadline. A circuit model's keys are retired after
-        its one decryption whatever happens; a packed model's products are refused unless they
-        are exactly ``x · w`` over its features with integer weights within its declared bound,
-        and the round's packed key is retired after the round's last packed model. Returns the
-        predictions by id.
+        its one decryption; a packed model's products are refused unless they are exactly
+        ``x · w`` over its features with integer weights within its declared bound, and the
+        round's packed key is retired after the round's last packed model. A receive of the
+        model that was cut off is finished or rolled back first (see
+        :mod:`fhe_toolkit.fund.answers`). Returns the predictions by id.
         """
         record = self.round_record(round_id)
         submission = open_answer(submission_dir)
@@ -179,149 +107,198 @@ class Intake(FundBase):
             submission, expected, "submission",
             f"the bundle sent for model {model!r} in round {round_id!r}",
         )  # fmt: skip
-        lock = self.round_dir(round_id) / "submissions" / f".{model}.lock"
-        with receiving(lock, f"model {model!r}'s submission for round {round_id!r}"):
-            return self._take(round_id, spec, bundle, submission, workers, scheduler, on_progress)
-
-    def _take(
-        self,
-        round_id: str,
-        spec: AnyModelSpec,
-        bundle: BundleRecord,
-        submission: Artifact,
-        workers: int | None,
-        scheduler: str | None,
-        on_progress: Callable[[int, int], None] | None,
-    ) -> pd.Series:
-        """Accept a checked submission, keep it, decrypt it once, and keep its predictions."""
-        model = spec.name
-        ciphertexts = submission.batches()["ciphertext"].tolist()
-        signer = self._check_signature(submission.directory, model)
-        self.db.accept_submission(round_id, model, submission.sha256, signer)
-        keep_copy(submission, self.round_dir(round_id) / "submissions" / model)
-
-        sizes = [len(batch) for batch in bundle.batch_ids]
-        done = 0
-
-        def report(batch: int) -> None:
-            nonlocal done
-            done += sizes[batch]
-            report_progress(on_progress, done, sum(sizes))
-
-        if isinstance(spec, LinearSpec):
-            try:
-                values = self._decrypt_packed(round_id, spec, ciphertexts, sizes, report)
-            finally:
-                self._retire_packed_key_when_done(round_id)
-        else:
-            decrypted, failures = decrypt_once(
-                self.keys, round_id, model, ciphertexts,
-                reason="decrypted the submission", workers=workers, on_done=report,
-                scheduler=scheduler,
-            )  # fmt: skip
-            self._refuse_failures(round_id, model, failures, "circuit with this round's keys")
-            codec = SpecCodec(spec)
-            values = np.concatenate(
-                [codec.decode(decrypted[b])[: sizes[b]] for b in range(len(sizes))]
-            )
-        predictions = pd.Series(values, index=pd.Index(bundle.ids, name="id"), name=model)
-        predictions = predictions[~predictions.index.str.startswith(PADDING_PREFIX)]
-        if not np.all(np.isfinite(values)):
-            self._refuse(round_id, model, "non-finite predictions")
-            raise FundError(f"{model!r}'s decrypted predictions contain NaN or infinity.")
-        out = self.round_dir(round_id) / "predictions"
-        out.mkdir(exist_ok=True)
-        predictions.to_frame().to_parquet(out / f"{model}.parquet")
-        constant = predictions.nunique() <= 1
-        self.db.set_submission_status(
-            round_id, model, SubmissionStatus.RECEIVED, "constant predictions" if constant else None
-        )
-        if isinstance(spec, LinearSpec):
-            self._retire_packed_key_when_done(round_id)
+        submission.batches()  # missing or repeated batches are refused before it is accepted
+        slot_type = PackedSubmission if isinstance(spec, LinearSpec) else CircuitSubmission
+        slot = slot_type(self, round_id, spec, bundle, workers, scheduler, on_progress)
+        predictions: pd.Series = receive_answer(slot, submission)
         return predictions
 
-    def _decrypt_packed(
-        self,
-        round_id: str,
-        spec: LinearSpec,
-        ciphertexts: list[bytes],
-        sizes: list[int],
-        report: Callable[[int], None],
-    ) -> np.ndarray:
-        """A packed model's products, decrypted with the round key and verified to be exactly
-        ``x · w`` over its features; its predictions.
-
-        Decrypted here, not in worker processes: every chunk's layout is checked against the
-        round's parameters before the library reads it (:mod:`fhe_toolkit.fhe.glwe`), and the
-        round key loads once for all the round's models.
-        """
-        key = self._round_key(round_id)
-        products = []
-        for batch, (ciphertext, rows) in enumerate(zip(ciphertexts, sizes, strict=True)):
-            try:
-                products.append(decrypt_chunk(key, ciphertext, n_rows=rows)[:, 0])
-            except PackedError as exc:
-                self._refuse(round_id, spec.name, "outputs could not be decrypted")
-                raise FundError(
-                    f"batch {batch} of {spec.name!r}'s submission could not be decrypted ({exc}); "
-                    "it was not computed from this round's packed features. The model has no "
-                    "score this round."
-                ) from None
-            report(batch)
-        decrypted = np.concatenate(products)
-        live = pd.read_parquet(self.round_dir(round_id) / PACKED_LIVE, columns=spec.features)
-        try:
-            verify_products(live.to_numpy(), spec, decrypted)
-        except PackedError as exc:
-            self._refuse(round_id, spec.name, "not a linear model within its declared bounds")
-            raise FundError(
-                f"{spec.name!r}'s decrypted outputs are refused: {exc} A packed submission must "
-                "be the round's features times the model's own integer weights."
-            ) from None
-        return LinearCodec(spec).decode(decrypted)
-
-    def _round_key(self, round_id: str) -> RoundKey:
+    def round_key(self, round_id: str) -> RoundKey:
         """The round's packed key, loaded once per fund object and round."""
         cached = self._round_keys.get(round_id)
         if cached is None or self.keys.is_retired(round_id, PACKED_KEYS):
             cached = self._round_keys[round_id] = load_round_key(self.keys, round_id)
         return cached
 
-    def _retire_packed_key_when_done(self, round_id: str) -> None:
+    def retire_packed_key_when_done(self, round_id: str) -> None:
+        """Retire the round's packed key once no packed model's submission is pending."""
         bundles = self.round_record(round_id).bundles
-        pending = (SubmissionStatus.AWAITING, SubmissionStatus.DECRYPTING)
-        if not any(bundles[m].status in pending for m in self.packed_models(round_id)):
+        if not any(bundles[m].status in PENDING for m in self.packed_models(round_id)):
             self.retire_packed_key(round_id, "every packed model of the round was decrypted")
             self._round_keys.pop(round_id, None)
 
-    def _refuse(self, round_id: str, model: str, detail: str) -> None:
-        self.db.set_submission_status(round_id, model, SubmissionStatus.REFUSED, detail)
 
-    def _refuse_failures(
-        self, round_id: str, model: str, failures: list[RowFailure], what: str
+class RoundSubmission(Slot):
+    """A model's submission to a round: recorded with its bundle, kept in
+    ``rounds/<round>/submissions/<model>/``, decrypted into ``predictions/<model>.parquet``."""
+
+    def __init__(
+        self,
+        fund: Intake,
+        round_id: str,
+        spec: AnyModelSpec,
+        bundle: BundleRecord,
+        workers: int | None,
+        scheduler: str | None,
+        on_progress: Callable[[int, int], None] | None,
     ) -> None:
-        if not failures:
-            return
-        self._refuse(round_id, model, "outputs could not be decrypted")
-        raise FundError(
-            f"{len(failures)} batch(es) of {model!r}'s submission could not be decrypted "
-            f"(first: batch {failures[0].position}: {failures[0].reason}); the outputs were "
-            f"not computed from this {what}. The model has no score this round."
+        self.fund, self.round_id, self.spec, self.bundle = fund, round_id, spec, bundle
+        self.model = spec.name
+        self.workers, self.scheduler, self.on_progress = workers, scheduler, on_progress
+        self.what = f"model {self.model!r}'s submission for round {round_id!r}"
+        self.kind = PACKED_SUBMISSION if isinstance(spec, LinearSpec) else SUBMISSION
+        submissions = fund.round_dir(round_id) / "submissions"
+        self.lock = submissions / f".{self.model}.lock"
+        self.kept = submissions / self.model
+        self.output = fund.round_dir(round_id) / "predictions" / f"{self.model}.parquet"
+        self.sizes = [len(batch) for batch in bundle.batch_ids]
+
+    def stage(self) -> Stage:
+        return STAGES[self.fund.round_record(self.round_id).bundles[self.model].status]
+
+    def accepted_sha256(self) -> str | None:
+        return self.fund.db.accepted_submission(self.round_id, self.model)
+
+    def check_signer(self, answer: Artifact) -> str:
+        owner = self.fund.db.owner(self.model)
+        return check_signer(
+            self.fund.db, answer.directory, owner, "submission", f"the model {self.model!r}"
         )
 
-    def _check_signature(self, directory: Path, model: str) -> str:
-        """The model's owner, if the owner signed ``directory``; otherwise a refusal that names
-        who did sign, when it is another known participant."""
-        owner = self.db.owner(model)
-        keys = self.db.participant_keys()
+    def accept(self, answer: Artifact, signer: str) -> None:
+        self.fund.db.accept_submission(self.round_id, self.model, answer.sha256, signer)
+
+    def roll_back(self) -> None:
+        self.fund.db.roll_back_submission(self.round_id, self.model)
+
+    def start_decrypting(self) -> None:
+        self._record(SubmissionStatus.DECRYPTING)
+
+    def decrypt(self, kept: Artifact) -> pd.Series:
+        values = self._values(kept.batches()["ciphertext"].tolist())
+        if not np.all(np.isfinite(values)):
+            raise Refused(
+                "non-finite predictions",
+                f"{self.model!r}'s decrypted predictions contain NaN or infinity.",
+            )
+        predictions = pd.Series(values, index=pd.Index(self.bundle.ids, name="id"), name=self.model)
+        return predictions[~predictions.index.str.startswith(PADDING_PREFIX)]
+
+    @abstractmethod
+    def _values(self, ciphertexts: list[bytes]) -> np.ndarray:
+        """The predictions of every row the bundle held, in order."""
+
+    def _report(self) -> Callable[[int], None]:
+        """Progress, reported after each decrypted batch."""
+        done = 0
+
+        def report(batch: int) -> None:
+            nonlocal done
+            done += self.sizes[batch]
+            report_progress(self.on_progress, done, sum(self.sizes))
+
+        return report
+
+    def store(self, output: pd.Series) -> None:
+        self.output.parent.mkdir(exist_ok=True)
+        write_atomic(self.output, output.to_frame().to_parquet())
+
+    def load(self) -> pd.Series:
+        return pd.read_parquet(self.output)[self.model]
+
+    def finish(self, output: pd.Series) -> None:
+        constant = output.nunique() <= 1
+        self._record(SubmissionStatus.RECEIVED, "constant predictions" if constant else None)
+
+    def refuse(self, detail: str) -> None:
+        self._record(SubmissionStatus.REFUSED, detail)
+
+    def _record(self, status: SubmissionStatus, detail: str | None = None) -> None:
+        self.fund.db.set_submission_status(self.round_id, self.model, status, detail)
+
+
+class CircuitSubmission(RoundSubmission):
+    """A compiled model's outputs, decrypted in worker processes with its own key set."""
+
+    spec: ModelSpec
+
+    def keys_usable(self) -> bool:
+        return usable(self.fund.keys, self.round_id, self.model)
+
+    def _values(self, ciphertexts: list[bytes]) -> np.ndarray:
+        decrypted, failures = decrypt_items(
+            self.fund.keys, self.round_id, self.model, ciphertexts,
+            workers=self.workers, on_done=self._report(), scheduler=self.scheduler,
+        )  # fmt: skip
+        if failures:
+            raise Refused(
+                "outputs could not be decrypted",
+                f"{len(failures)} batch(es) of {self.model!r}'s submission could not be "
+                f"decrypted (first: batch {failures[0].position}: {failures[0].reason}); the "
+                "outputs were not computed from this circuit with this round's keys. The model "
+                "has no score this round.",
+            )
+        codec = SpecCodec(self.spec)
+        return np.concatenate(
+            [codec.decode(decrypted[b])[: self.sizes[b]] for b in range(len(self.sizes))]
+        )
+
+    def retire_keys(self) -> None:
+        retire_once(self.fund.keys, self.round_id, self.model, "decrypted the submission")
+
+
+class PackedSubmission(RoundSubmission):
+    """A packed model's products, decrypted here with the round's key and verified to be
+    exactly ``x · w`` over its features.
+
+    Decrypted here, not in worker processes: every chunk's layout is checked against the
+    round's parameters before the library reads it (:mod:`fhe_toolkit.fhe.glwe`), and the round
+    key loads once for all the round's models.
+    """
+
+    spec: LinearSpec
+
+    def keys_usable(self) -> bool:
+        return usable(self.fund.keys, self.round_id, PACKED_KEYS)
+
+    def _values(self, ciphertexts: list[bytes]) -> np.ndarray:
+        key = self.fund.round_key(self.round_id)
+        report = self._report()
+        products = []
+        for batch, (ciphertext, rows) in enumerate(zip(ciphertexts, self.sizes, strict=True)):
+            try:
+                products.append(decrypt_chunk(key, ciphertext, n_rows=rows)[:, 0])
+            except PackedError as exc:
+                raise Refused(
+                    "outputs could not be decrypted",
+                    f"batch {batch} of {self.model!r}'s submission could not be decrypted "
+                    f"({exc}); it was not computed from this round's packed features. The model "
+                    "has no score this round.",
+                ) from None
+            report(batch)
+        decrypted = np.concatenate(products)
+        live = pd.read_parquet(
+            self.fund.round_dir(self.round_id) / PACKED_LIVE, columns=self.spec.features
+        )
         try:
-            verify_directory(directory, keys[owner], owner)
-        except IdentityError as exc:
-            for other, key in keys.items():
-                if other != owner and signed_by(directory, key):
-                    raise FundError(
-                        f"this submission for model {model!r} is signed by {other!r}, who does "
-                        f"not own the model ({owner!r} does); it is refused."
-                    ) from None
-            raise FundError(f"refused: {exc}") from None
-        return owner
+            verify_products(live.to_numpy(), self.spec, decrypted)
+        except PackedError as exc:
+            raise Refused(
+                "not a linear model within its declared bounds",
+                f"{self.model!r}'s decrypted outputs are refused: {exc} A packed submission "
+                "must be the round's features times the model's own integer weights.",
+            ) from None
+        return LinearCodec(self.spec).decode(decrypted)
+
+    def retire_keys(self) -> None:
+        """The round's key is shared: retired once the last packed model's outcome is recorded
+        (so after :meth:`finish` or :meth:`refuse`, which call this again)."""
+        self.fund.retire_packed_key_when_done(self.round_id)
+
+    def finish(self, output: pd.Series) -> None:
+        super().finish(output)
+        self.retire_keys()
+
+    def refuse(self, detail: str) -> None:
+        super().refuse(detail)
+        self.retire_keys()

@@ -139,7 +139,6 @@ class Rounds(FundBase):
                     left_out[spec.name] = f"its declared neutralization cannot be applied: {exc}"
         linear = [s for s in specs.values() if isinstance(s, LinearSpec)]
         left_out |= self._over_the_cap(linear, max_packed_per_participant)
-        self.public_key()
         signing_key = self.signing_key()
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "bundles").mkdir(parents=True)

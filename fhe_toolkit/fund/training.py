@@ -15,7 +15,8 @@ Jobs opened by earlier versions kept their record in ``training/<job>/job.json``
 it from then on (the file is left as it was, and no longer read).
 
 Keys live in the key store under ``training/<job>/<name>/`` and are retired after their one
-decryption, like a round's.
+decryption, like a round's. A job is for one registered participant: the fund signs its bundle,
+and takes only a result that participant signed (see :mod:`fhe_toolkit.fund.answers`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,18 @@ from fhe_toolkit.errors import FundError
 from fhe_toolkit.fhe.codecs import TrainingCodec, plan_batches
 from fhe_toolkit.fhe.keystore import TRAINING_KEYS
 from fhe_toolkit.fhe.versions import check_versions, package_versions
+from fhe_toolkit.fund.answers import (
+    Refused,
+    Slot,
+    Stage,
+    check_binding,
+    check_signer,
+    decrypt_items,
+    receive_answer,
+    retire_once,
+    usable,
+)
 from fhe_toolkit.fund.base import FundBase
-from fhe_toolkit.fund.intake import check_binding, decrypt_once, keep_copy, receiving
 from fhe_toolkit.protocol.artifacts import (
     BIAS,
     EVALUATION_KEYS,
@@ -47,12 +58,14 @@ from fhe_toolkit.protocol.artifacts import (
     TRAINING_RESULT,
     TRAINING_SPEC,
     WEIGHTS,
+    Artifact,
     open_artifact,
     write_artifact,
 )
 from fhe_toolkit.protocol.files import write_atomic
 from fhe_toolkit.protocol.manifest import ROUND_PATTERN, utc_now
 from fhe_toolkit.protocol.modelspec import read_spec
+from fhe_toolkit.protocol.signing import sign_directory
 from fhe_toolkit.protocol.training_spec import TrainedWeights, TrainingSpec
 from fhe_toolkit.registry import (
     NewTrainingJob,
@@ -112,16 +125,17 @@ class FundTraining(FundBase):
         spec_path: str | Path,
         data: pd.DataFrame | str | Path,
         *,
-        participant: str | None = None,
+        participant: str,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> Path:
-        """Validate a participant's training spec and publish its encrypted training bundle.
+        """Validate a participant's training spec and publish its encrypted training bundle,
+        signed by the fund.
 
         ``data``: the fund's rows to train on (Numerai format; rows whose target is NaN are
-        left out). ``participant``: the registered participant the job is for, if the fund
-        wants it on record. Fresh keys for the job; the starting weights and every step's batch
-        are drawn from the spec's seed as Concrete ML would, quantized and encrypted.
-        ``on_progress(steps_encrypted, steps)``. Returns the bundle directory.
+        left out). ``participant``: the registered participant the job is for: only a result
+        that participant signed is taken. Fresh keys for the job; the starting weights and
+        every step's batch are drawn from the spec's seed as Concrete ML would, quantized and
+        encrypted. ``on_progress(steps_encrypted, steps)``. Returns the bundle directory.
         """
         if not re.fullmatch(ROUND_PATTERN, job_id):
             raise FundError(f"job id {job_id!r} must be letters, digits, '_', '-' or '.'.")
@@ -135,15 +149,15 @@ class FundTraining(FundBase):
             raise FundError(
                 f"{directory} exists but the fund's records have no training job {job_id!r}."
             )
-        if participant is not None and participant not in self.db.participant_keys():
-            raise FundError(
-                f"participant {participant!r} is not registered; see `fhe-toolkit fund "
-                "add-participant`."
-            )
         spec = read_spec(spec_path, TrainingSpec)
         check_versions(spec)
         frame = data if isinstance(data, pd.DataFrame) else load_tournament(data)
         x, y = _training_rows(spec, frame)
+        if participant not in self.db.participant_keys():
+            raise FundError(
+                f"participant {participant!r} is not registered; see `fhe-toolkit fund "
+                "add-participant`."
+            )
         weights, bias, batches = plan_batches(spec, len(x))
         codec = TrainingCodec(spec)
 
@@ -177,6 +191,7 @@ class FundTraining(FundBase):
             batch_size=spec.batch_size,
             versions=package_versions(),
         )
+        sign_directory(staging / "bundle", self.signing_key())
         write_atomic(staging / SPEC_FILE, spec.to_json().encode())
         self.db.open_training_job(
             NewTrainingJob(
@@ -203,15 +218,12 @@ class FundTraining(FundBase):
         """Check a training result, decrypt it once, retire the job's keys, write the weights.
 
         Refused before decryption (keys kept, the participant can fix and resend): a manifest or
-        file that does not check out, another job, key set or bundle, a result received
-        already. Returns the weights, also written to ``training/<job>/weights.json``.
+        file that does not check out, another job, key set or bundle, a signature that is not
+        the job's participant's, a result received already. A receive of the job that was cut
+        off is finished or rolled back first (see :mod:`fhe_toolkit.fund.answers`). Returns
+        the weights, also written to ``training/<job>/weights.json``.
         """
-        self.job_record(job_id)  # an unknown job is refused before anything is made for it
-        with receiving(self.job_dir(job_id) / ".receiving.lock", f"training job {job_id!r}"):
-            return self._receive(job_id, result_dir)
-
-    def _receive(self, job_id: str, result_dir: str | Path) -> TrainedWeights:
-        job = self.job_record(job_id)
+        job = self.job_record(job_id)  # an unknown job is refused before anything is made for it
         result = open_artifact(result_dir, TRAINING_RESULT, exact=True)
         expected = {
             "round_id": job_id,
@@ -222,30 +234,91 @@ class FundTraining(FundBase):
             "n_batches": job.iterations,
         }
         check_binding(result, expected, "result", f"training job {job_id!r}")
-        directory = self.job_dir(job_id)
-        self.db.accept_training_result(job_id, result.sha256)
-        keep_copy(result, directory / "result")
-        spec = read_spec(directory / SPEC_FILE, TrainingSpec)
-        decrypted_items, failures = decrypt_once(
-            self.training_keys, job_id, spec.name, [(result.read(WEIGHTS), result.read(BIAS))],
-            reason="decrypted the training result", workers=1,
+        weights: TrainedWeights = receive_answer(TrainingResult(self, job), result)
+        return weights
+
+
+TRAINING_STAGES = {
+    TrainingJobStatus.AWAITING: Stage.AWAITING,
+    TrainingJobStatus.ACCEPTED: Stage.ACCEPTED,
+    TrainingJobStatus.DECRYPTING: Stage.DECRYPTING,
+    TrainingJobStatus.DECRYPTED: Stage.DONE,
+    TrainingJobStatus.REFUSED: Stage.DONE,
+}
+
+
+class TrainingResult(Slot):
+    """A training job's result: recorded with the job, kept in ``training/<job>/result/``,
+    decrypted into ``training/<job>/weights.json``."""
+
+    kind = TRAINING_RESULT
+
+    def __init__(self, training: FundTraining, job: TrainingJobRecord) -> None:
+        self.training, self.job_id, self.name = training, job.job_id, job.name
+        self.participant = job.participant
+        self.what = f"the result of training job {job.job_id!r}"
+        directory = training.job_dir(job.job_id)
+        self.lock = directory / ".receiving.lock"
+        self.kept = directory / "result"
+        self.output = directory / WEIGHTS_FILE
+        self.spec_path = directory / SPEC_FILE
+
+    def _job(self) -> TrainingJobRecord:
+        return self.training.db.training_job(self.job_id)
+
+    def stage(self) -> Stage:
+        return TRAINING_STAGES[self._job().status]
+
+    def accepted_sha256(self) -> str | None:
+        return self._job().result_sha256
+
+    def check_signer(self, answer: Artifact) -> str:
+        if self.participant is None:
+            raise FundError(
+                f"training job {self.job_id!r} was opened without a participant (by an earlier "
+                "version), so no result can be checked against anyone's signature; open a new "
+                "job for the participant with `fhe-toolkit fund open-training ... --participant "
+                "NAME`."
+            )
+        return check_signer(
+            self.training.db, answer.directory, self.participant, "result",
+            f"training job {self.job_id!r}",
+        )  # fmt: skip
+
+    def accept(self, answer: Artifact, signer: str) -> None:
+        self.training.db.accept_training_result(self.job_id, answer.sha256)
+
+    def roll_back(self) -> None:
+        self.training.db.roll_back_training_result(self.job_id)
+
+    def start_decrypting(self) -> None:
+        self.training.db.set_training_status(self.job_id, TrainingJobStatus.DECRYPTING)
+
+    def keys_usable(self) -> bool:
+        return usable(self.training.training_keys, self.job_id, self.name)
+
+    def decrypt(self, kept: Artifact) -> TrainedWeights:
+        spec = read_spec(self.spec_path, TrainingSpec)
+        decrypted, failures = decrypt_items(
+            self.training.training_keys, self.job_id, spec.name,
+            [(kept.read(WEIGHTS), kept.read(BIAS))], workers=1,
         )  # fmt: skip
         if failures:
-            self.db.set_training_status(
-                job_id, TrainingJobStatus.REFUSED, "the result could not be decrypted"
-            )
-            raise FundError(
-                f"the result of training job {job_id!r} could not be decrypted "
+            raise Refused(
+                "the result could not be decrypted",
+                f"the result of training job {self.job_id!r} could not be decrypted "
                 f"({failures[0].reason}): it was not computed by this job's circuit with its "
-                "keys. The keys are retired."
+                "keys. The keys are retired.",
             )
-        decrypted = decrypted_items[0]
-        coef, intercept = TrainingCodec(spec).decode(*decrypted)
+        coef, intercept = TrainingCodec(spec).decode(*decrypted[0])
         if not (np.all(np.isfinite(coef)) and np.isfinite(intercept)):
-            self.db.set_training_status(job_id, TrainingJobStatus.REFUSED, "non-finite weights")
-            raise FundError(f"the decrypted weights of job {job_id!r} are not finite.")
-        weights = TrainedWeights(
-            job_id=job_id,
+            raise Refused(
+                "non-finite weights",
+                f"the decrypted weights of job {self.job_id!r} are not finite.",
+            )
+        job = self._job()
+        return TrainedWeights(
+            job_id=self.job_id,
             name=spec.name,
             spec_sha256=spec.sha256(),
             features=spec.features,
@@ -255,9 +328,23 @@ class FundTraining(FundBase):
             n_samples=job.n_samples,
             decrypted_at=utc_now(),
         )
-        write_atomic(directory / WEIGHTS_FILE, weights.model_dump_json(indent=1).encode())
-        self.db.set_training_status(job_id, TrainingJobStatus.DECRYPTED)
-        return weights
+
+    def store(self, output: TrainedWeights) -> None:
+        write_atomic(self.output, output.model_dump_json(indent=1).encode())
+
+    def load(self) -> TrainedWeights:
+        return TrainedWeights.model_validate_json(self.output.read_bytes())
+
+    def finish(self, output: TrainedWeights) -> None:
+        self.training.db.set_training_status(self.job_id, TrainingJobStatus.DECRYPTED)
+
+    def refuse(self, detail: str) -> None:
+        self.training.db.set_training_status(self.job_id, TrainingJobStatus.REFUSED, detail)
+
+    def retire_keys(self) -> None:
+        retire_once(
+            self.training.training_keys, self.job_id, self.name, "decrypted the training result"
+        )
 
 
 LEGACY_STATUSES = {

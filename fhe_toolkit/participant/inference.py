@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from fhe_toolkit.errors import (
-    IdentityError,
     PackedError,
     ParticipantError,
     RowsCrashedError,
@@ -25,7 +24,12 @@ from fhe_toolkit.fhe.server_library import ensure_server_library
 from fhe_toolkit.fhe.tasks import ServerTask
 from fhe_toolkit.fhe.versions import package_versions
 from fhe_toolkit.participant.model import WEIGHTS_FILE, load_model_dir
-from fhe_toolkit.participant.outputs import CHECKPOINT, finished_answer, open_checkpoint
+from fhe_toolkit.participant.outputs import (
+    CHECKPOINT,
+    check_fund_signature,
+    finished_answer,
+    open_checkpoint,
+)
 from fhe_toolkit.protocol.artifacts import (
     COLUMNS,
     COMPRESSION_KEY,
@@ -43,12 +47,7 @@ from fhe_toolkit.protocol.artifacts import (
 )
 from fhe_toolkit.protocol.manifest import peek_kind
 from fhe_toolkit.protocol.modelspec import LinearSpec, ModelSpec
-from fhe_toolkit.protocol.signing import (
-    load_private_key,
-    load_public_key,
-    sign_directory,
-    verify_directory,
-)
+from fhe_toolkit.protocol.signing import load_private_key, sign_directory
 
 
 def run_bundle(
@@ -77,12 +76,7 @@ def run_bundle(
     spec, deployment = load_model_dir(model_dir)
     packed = peek_kind(bundle_dir) == PACKED_ROUND.name
     bundle = open_artifact(bundle_dir, PACKED_ROUND if packed else ROUND_BUNDLE)
-    if fund_key is not None:
-        key = fund_key if isinstance(fund_key, bytes) else load_public_key(fund_key)
-        try:
-            verify_directory(bundle_dir, key, "the fund")
-        except IdentityError as exc:
-            raise ParticipantError(f"not running this bundle: {exc}") from None
+    check_fund_signature(bundle_dir, fund_key)
     out = Path(out_dir)
     if isinstance(spec, LinearSpec):
         if not packed:

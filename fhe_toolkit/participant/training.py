@@ -33,7 +33,12 @@ from fhe_toolkit.fhe.server_library import SERVER_ZIP, ensure_server_library
 from fhe_toolkit.fhe.tasks import ServerTask
 from fhe_toolkit.fhe.versions import package_versions
 from fhe_toolkit.participant.model import DEPLOYMENT_DIR, TrainedModel
-from fhe_toolkit.participant.outputs import CHECKPOINT, finished_answer, open_checkpoint
+from fhe_toolkit.participant.outputs import (
+    CHECKPOINT,
+    check_fund_signature,
+    finished_answer,
+    open_checkpoint,
+)
 from fhe_toolkit.protocol.artifacts import (
     BIAS,
     EVALUATION_KEYS,
@@ -48,6 +53,7 @@ from fhe_toolkit.protocol.artifacts import (
 )
 from fhe_toolkit.protocol.families import get_family
 from fhe_toolkit.protocol.modelspec import QuantizerSpec, read_spec
+from fhe_toolkit.protocol.signing import load_private_key, sign_directory
 from fhe_toolkit.protocol.training_spec import TrainedWeights, TrainingSpec
 
 TRAINING_SPEC_FILE = "training_spec.json"
@@ -169,16 +175,22 @@ def run_training_bundle(
     job_dir: str | Path,
     out_dir: str | Path,
     *,
+    identity: str | Path,
+    fund_key: str | Path | bytes | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Run every SGD step of a training bundle on its encrypted batches; write the result.
+    """Run every SGD step of a training bundle on its encrypted batches; write the result,
+    signed with the participant's private key ``identity`` (the fund refuses it otherwise).
 
-    The weights stay encrypted between steps and are checkpointed after each one, so an
-    interrupted run resumes at the next step. ``on_progress(steps_done, steps)``. Steps run in
-    a worker process, so a crash of Concrete's runtime is reported, not fatal. Returns
+    ``fund_key``: the fund's public key (file or hex): the bundle must carry the fund's
+    signature. The weights stay encrypted between steps and are checkpointed after each one, so
+    an interrupted run resumes at the next step. ``on_progress(steps_done, steps)``. Steps run
+    in a worker process, so a crash of Concrete's runtime is reported, not fatal. Returns
     ``out_dir``, which holds the encrypted weights and bias and their manifest for the fund.
     """
+    signing_key = load_private_key(identity)
     bundle = open_artifact(bundle_dir, TRAINING_BUNDLE)
+    check_fund_signature(bundle_dir, fund_key)
     spec, deployment = load_training_job(job_dir)
     if bundle.spec.sha256() != spec.sha256():
         raise ParticipantError(
@@ -187,6 +199,7 @@ def run_training_bundle(
         )
     out = Path(out_dir)
     if finished_answer(out, bundle, TRAINING_RESULT, spec.name):
+        sign_directory(out, signing_key)
         return out
     library = ensure_server_library(deployment)
     batches = bundle.batches()
@@ -221,6 +234,7 @@ def run_training_bundle(
             versions=package_versions(),
             **answer_fields(bundle),
         )
+        sign_directory(out, signing_key)
     return out
 
 

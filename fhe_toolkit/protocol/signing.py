@@ -19,12 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fhe_toolkit.errors import IdentityError
 from fhe_toolkit.protocol.files import make_private_dirs, read_regular, write_atomic
-from fhe_toolkit.protocol.manifest import MANIFEST, SIGNATURE
+from fhe_toolkit.protocol.manifest import MANIFEST, MAX_MANIFEST_BYTES, SIGNATURE
 
 PUBLIC_SUFFIX = ".pub"
 MAX_PUBLIC_KEY_FILE = 4096
 """A public key file holds 64 hex characters; a PEM private key given by mistake is < 1 KB."""
 MAX_PRIVATE_KEY_FILE = 16_384
+MAX_SIGNATURE_FILE = 1024
+"""An Ed25519 signature is 64 bytes."""
 
 
 def create_identity(path: str | Path) -> bytes:
@@ -133,13 +135,12 @@ def verify_directory(directory: str | Path, public_key: bytes, signer: str) -> N
     """Check that ``signer`` (holder of ``public_key``) signed ``directory``'s manifest."""
     directory = Path(directory)
     signature_path = directory / SIGNATURE
-    if not signature_path.is_file():
+    if not signature_path.exists() and not signature_path.is_symlink():
         raise IdentityError(f"{directory} is not signed (no {SIGNATURE}); {signer} must sign it.")
-    signature = signature_path.read_bytes()
+    signature = read_regular(signature_path, MAX_SIGNATURE_FILE, "a signature", IdentityError)
+    manifest = read_regular(directory / MANIFEST, MAX_MANIFEST_BYTES, "a manifest", IdentityError)
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            signature, (directory / MANIFEST).read_bytes()
-        )
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, manifest)
     except InvalidSignature:
         raise IdentityError(
             f"{directory}'s signature is not {signer}'s: it was signed by someone else, or the "

@@ -29,9 +29,12 @@ class SubmissionStatus(StrEnum):
 
     AWAITING = "awaiting"
     """The bundle is out; no submission was accepted yet."""
+    ACCEPTED = "accepted"
+    """A submission was checked and recorded, and its copy is being kept. Nothing was decrypted:
+    if the fund was cut off here, the next receive rolls it back to ``awaiting``."""
     DECRYPTING = "decrypting"
-    """The submission was accepted and recorded and is being decrypted. If the fund was cut off
-    during decryption the status stays here, and the same submission is accepted again."""
+    """Its copy is kept and it is being decrypted. If the fund was cut off here, the next
+    receive finishes it from the kept copy (the same ciphertexts, never another submission)."""
     RECEIVED = "received"
     """Decrypted and kept; ``detail`` may note something about it (constant predictions)."""
     REFUSED = "refused"
@@ -43,8 +46,12 @@ class TrainingJobStatus(StrEnum):
 
     AWAITING = "awaiting"
     """The training bundle is out; no result was accepted yet."""
+    ACCEPTED = "accepted"
+    """A result was checked and recorded, and its copy is being kept (cut off here: rolled
+    back by the next receive)."""
     DECRYPTING = "decrypting"
-    """A result was accepted and is being decrypted (or the fund was cut off doing it)."""
+    """The result's copy is kept and it is being decrypted (cut off here: finished by the next
+    receive, from the kept copy)."""
     DECRYPTED = "decrypted"
     """The weights are decrypted and written: return ``weights.json`` to the participant."""
     REFUSED = "refused"

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import pandas as pd
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -346,20 +346,14 @@ class Registry:
     def accept_submission(
         self, round_name: str, model: str, manifest_sha256: str, signer: str
     ) -> None:
-        """Record a submission before it is decrypted (its bundle is then
-        :attr:`~SubmissionStatus.DECRYPTING`); refuse a second one for the bundle, or one after
-        the round closed or its deadline passed. The same submission again, while its
-        decryption never finished (the fund was cut off), is accepted again."""
+        """Record a submission before its copy is kept and it is decrypted (its bundle is then
+        :attr:`~SubmissionStatus.ACCEPTED`); refuse a second one for the bundle, or one after
+        the round closed or its deadline passed."""
         with self.session() as s:
             record = self._round(s, round_name)
             bundle = self._bundle(s, record, model)
             earlier = s.scalar(select(SubmissionRow).where(SubmissionRow.bundle_id == bundle.id))
-            if earlier is not None:
-                if (
-                    earlier.manifest_sha256 == manifest_sha256
-                    and bundle.status == SubmissionStatus.DECRYPTING
-                ):
-                    return
+            if earlier is not None or bundle.status != SubmissionStatus.AWAITING:
                 raise _received_already(model, round_name)
             if record.status != RoundStatus.OPEN:
                 raise RegistryError(
@@ -377,11 +371,33 @@ class Registry:
                     received_at=_now(),
                 )
             )
-            bundle.status, bundle.detail = SubmissionStatus.DECRYPTING, None
+            bundle.status, bundle.detail = SubmissionStatus.ACCEPTED, None
             try:
                 s.flush()
             except IntegrityError:  # the same submission, received at the same moment
                 raise _received_already(model, round_name) from None
+
+    def roll_back_submission(self, round_name: str, model: str) -> None:
+        """Forget a submission accepted but never decrypted (the fund was cut off while keeping
+        its copy): the bundle awaits a submission again."""
+        with self.session() as s:
+            bundle = self._bundle(s, self._round(s, round_name), model)
+            if bundle.status != SubmissionStatus.ACCEPTED:
+                raise RegistryError(
+                    f"model {model!r}'s submission to round {round_name!r} is {bundle.status}; "
+                    "only one still being kept (accepted) can be rolled back."
+                )
+            s.execute(delete(SubmissionRow).where(SubmissionRow.bundle_id == bundle.id))
+            bundle.status, bundle.detail = SubmissionStatus.AWAITING, None
+
+    def accepted_submission(self, round_name: str, model: str) -> str | None:
+        """The manifest hash of the submission the fund accepted for ``model`` in the round,
+        if any."""
+        with self.session() as s:
+            bundle = self._bundle(s, self._round(s, round_name), model)
+            return s.scalar(
+                select(SubmissionRow.manifest_sha256).where(SubmissionRow.bundle_id == bundle.id)
+            )
 
     def set_submission_status(
         self, round_name: str, model: str, status: SubmissionStatus, detail: str | None = None
@@ -507,19 +523,27 @@ class Registry:
             return _as_record(TrainingJobRecord, found, participant=owner)
 
     def accept_training_result(self, job_id: str, result_sha256: str) -> None:
-        """Record a job's result before it is decrypted (the job is then
-        :attr:`~TrainingJobStatus.DECRYPTING`); refuse a second one. The same result again,
-        while its decryption never finished (the fund was cut off), is accepted again."""
+        """Record a job's result before its copy is kept and it is decrypted (the job is then
+        :attr:`~TrainingJobStatus.ACCEPTED`); refuse a second one."""
         with self.session() as s:
             job = self._job(s, job_id)
-            again = job.status == TrainingJobStatus.DECRYPTING and job.result_sha256 in (
-                None,  # a job imported from job.json, cut off after keeping its result
-                result_sha256,
-            )
-            if job.status != TrainingJobStatus.AWAITING and not again:
+            if job.status != TrainingJobStatus.AWAITING:
                 raise RegistryError(f"the result of training job {job_id!r} was received already.")
-            job.status, job.detail = TrainingJobStatus.DECRYPTING, None
+            job.status, job.detail = TrainingJobStatus.ACCEPTED, None
             job.received_at, job.result_sha256 = _now(), result_sha256
+
+    def roll_back_training_result(self, job_id: str) -> None:
+        """Forget a result accepted but never decrypted (the fund was cut off while keeping its
+        copy): the job awaits a result again."""
+        with self.session() as s:
+            job = self._job(s, job_id)
+            if job.status != TrainingJobStatus.ACCEPTED:
+                raise RegistryError(
+                    f"training job {job_id!r} is {job.status}; only a result still being kept "
+                    "(accepted) can be rolled back."
+                )
+            job.status, job.detail = TrainingJobStatus.AWAITING, None
+            job.received_at, job.result_sha256 = None, None
 
     def set_training_status(
         self, job_id: str, status: TrainingJobStatus, detail: str | None = None
@@ -861,15 +885,6 @@ class ServiceStore:
         with self.registry.session() as s:
             row = self._upload(s, upload_id)
             row.status, row.detail, row.finished_at = UploadStatus(status), detail, _now()
-
-    def accepted_submission(self, round_name: str, model: str) -> str | None:
-        """The manifest hash of the submission the fund accepted for ``model`` in the round,
-        if any."""
-        with self.registry.session() as s:
-            bundle = Registry._bundle(s, Registry._round(s, round_name), model)
-            return s.scalar(
-                select(SubmissionRow.manifest_sha256).where(SubmissionRow.bundle_id == bundle.id)
-            )
 
     @staticmethod
     def _upload(s: Session, upload_id: str) -> ServiceUploadRow:

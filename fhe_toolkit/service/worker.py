@@ -8,8 +8,9 @@ costs the worker, not the server. The queue is in the fund's database
 - an upload is taken (``decrypting``, one more attempt) and :meth:`Fund.receive` runs on it;
   the upload ends ``received``, ``refused`` (the fund said why) or ``failed``;
 - an upload found ``decrypting`` when the worker starts was cut off (the worker or the server
-  died): it is taken again first, as the fund accepts the same submission again while its
-  decryption never finished; after ``max_attempts`` it is marked ``failed``;
+  died): it is taken again first, and the fund's receive finishes or rolls back its own work
+  that was cut off (an upload the fund had received already is recorded so); after
+  ``max_attempts`` it is marked ``failed``;
 - one worker per fund: it holds ``service/worker.lock``. A worker whose server died finishes
   the upload it is on, then exits; the next server's worker waits for the lock meanwhile.
 
@@ -106,7 +107,10 @@ def process_upload(
     directory = folder / SUBMISSION_DIR
     log.info("decrypting upload %s (%s in %s, attempt %d)", job.upload_id, job.model, job.round,
              job.attempts)  # fmt: skip
-    if job.attempts > 1 and store.accepted_submission(job.round, job.model) == job.manifest_sha256:
+    if (
+        job.attempts > 1
+        and fund.db.accepted_submission(job.round, job.model) == job.manifest_sha256
+    ):
         bundle = fund.round_record(job.round).bundles[job.model]
         if bundle.status == SubmissionStatus.RECEIVED:  # done, then cut off before recording it
             store.finish(job.upload_id, UploadStatus.RECEIVED, bundle.detail)

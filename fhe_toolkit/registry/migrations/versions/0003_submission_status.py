@@ -76,6 +76,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # "accepted" (recorded, its copy being kept) came later; versions before 0003 knew it as
+    # being decrypted, and took the same submission again in that state, as it should be.
+    op.execute(bundles.update().where(bundles.c.status == "accepted").values(status="decrypting"))
     for old, new in RENAMED.items():
         op.execute(bundles.update().where(bundles.c.status == new).values(status=old))
     op.execute(
