@@ -34,7 +34,7 @@ from fhe_toolkit.fhe.engine import (
     read_bytes,
     run_rows,
 )
-from fhe_toolkit.fhe.tasks import DecryptTask, ServerTask
+from fhe_toolkit.fhe.tasks import DecryptTask, KeygenEncryptTask, ServerTask
 from tests.jobs_for_tests import EchoJob, FileJob, LoadCountJob, loaded_tasks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,10 +126,11 @@ def test_sequential_work_stays_on_one_worker_and_survives_a_crash():
 
 
 def test_secret_keys_never_go_over_plain_tcp_to_another_host():
-    task = DecryptTask("specs.json", "keyset.bin")
-    # Refused before any connection is attempted (the address is never contacted).
-    with pytest.raises(EngineError, match="ships secret keys"):
-        run_rows(task, ITEMS, range(1), lambda *_: None, scheduler="tcp://10.20.30.40:8786")
+    # Sent to the workers (decryption) or back from them (the fund's key generation); refused
+    # before any connection is attempted (the address is never contacted).
+    for task in (DecryptTask("specs.json", "keyset.bin"), KeygenEncryptTask()):
+        with pytest.raises(EngineError, match="carries secret keys between this process and"):
+            run_rows(task, ITEMS, range(1), lambda *_: None, scheduler="tcp://10.20.30.40:8786")
     assert engine._private_channel("tcp://127.0.0.1:8786")
     assert engine._private_channel("tcp://localhost:8786")
     assert engine._private_channel("tls://fund-cluster.example:8786")
