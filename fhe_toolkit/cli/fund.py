@@ -192,10 +192,11 @@ def open_round(
     \b
     Linear models (exported packed) share one dataset: the live features encrypted once under
     a fresh round key, at most --max-packed-per-participant models per participant. Every
-    other model gets fresh keys and a bundle of its own, made by a worker process (one model
-    each at a time), or by the workers of --scheduler (tcp:// only on this host: the secret
-    keys come back over it; tls:// elsewhere). A model whose keys or encryption fail, or crash
-    their worker, is left out, named, and the others are published.
+    other model gets fresh keys and a bundle of its own: one task per model (its keys, then its
+    rows encrypted) on worker processes of this machine, or on the workers of --scheduler
+    (tcp:// on this host only, as the secret keys come back over it; tls:// elsewhere). A model
+    whose keys or encryption fail, or crash their worker, is left out, named, and the others
+    are published.
     """
     live = load_tournament(live_path)
     with progress_bar("rows") as progress:
