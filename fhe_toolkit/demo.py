@@ -141,7 +141,8 @@ def run_demo(
         bundles = timer.run(
             f"fund: open {name} (era {era}): fresh keys, encrypt {len(live)} rows once for the "
             "packed models and once per circuit model",
-            fund.open_round, name, live, on_progress=_scoped(on_rows, f"{name} encrypt"),
+            fund.open_round, name, live, workers=workers,
+            on_progress=_scoped(on_rows, f"{name} encrypt"),
         )  # fmt: skip
         sizes = sizes or bundle_sizes(bundles, len(live))
         for who in participants:

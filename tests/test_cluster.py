@@ -17,9 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fhe_toolkit.data import SynthConfig, load_features_json, load_tournament, synthesize
 from fhe_toolkit.errors import WorkerSetupError
 from fhe_toolkit.fhe.engine import SequentialWorker, disconnect, run_rows
 from fhe_toolkit.fhe.tasks import DecryptTask, ServerTask
+from fhe_toolkit.fund import Fund
+from fhe_toolkit.participant import compile_model, export_model, run_bundle, train_model
+from tests.cli_runner import cli, ok
+from tests.identities import enroll
 from tests.jobs_for_tests import (
     EchoJob,
     FileJob,
@@ -170,7 +175,7 @@ def test_a_row_that_crashes_every_worker_is_reported_and_the_rest_completes(clus
         chunk_size=4, scheduler=cluster.address,
     )  # fmt: skip
     assert [f.position for f in failures] == [5, 22]
-    assert all("crashed the worker (signal 11) on this row" in f.reason for f in failures)
+    assert all(f.reason == "the FHE runtime crashed the worker (signal 11)" for f in failures)
     assert sorted(results) == [p for p in range(40) if p not in (5, 22)]
 
 
@@ -206,3 +211,56 @@ def test_a_real_circuit_runs_and_decrypts_through_the_cluster(cluster, tmp_path,
     expected = [circuit.decrypt(in_process(item)) for item in items]
     assert [int(clear[p]) for p in range(6)] == expected
     assert expected == [int(circuit.circuit.simulate(row)) for row in rows]
+
+
+@pytest.mark.fhe
+def test_a_round_opens_through_the_cluster_and_a_crashing_spec_costs_only_its_model(
+    cluster, tmp_path
+):
+    """`fund open-round --scheduler`: the two workers make each circuit model's keys and
+    ciphertexts (a depth-2 tree and a linear circuit, 5 features, 40 live rows). A registered
+    spec whose client specs make Concrete's key generation abort (a bootstrap key naming a
+    secret key that does not exist: SIGABRT, every time) is left out and named; the others are
+    published, run by their participants and decrypted exactly."""
+    paths = synthesize(tmp_path / "data", SynthConfig(train_eras=10, validation_eras=1,
+                       live_eras=1, rows_per_era=40, n_features=12, n_groups=3))  # fmt: skip
+    train, live = load_tournament(paths["train"]), load_tournament(paths["live"])
+    features = load_features_json(paths["features"]).features("small")
+    fund = Fund(tmp_path / "fund", tmp_path / "keys")
+    models, identities = {}, {}
+    for name, family, params in (
+        ("tree", "decision_tree", {"max_depth": 2}),
+        ("lin", "linear", {}),
+    ):
+        model = train_model(train, family=family, features=features, params=params, packed=False)
+        compile_model(model, train)
+        export_model(model, tmp_path / name, name)
+        identities[name] = enroll(fund, tmp_path, f"owner-of-{name}")
+        fund.register(tmp_path / name / "model_spec.json", participant=f"owner-of-{name}",
+                      stake=1.0)  # fmt: skip
+        models[name] = model
+    hostile = json.loads((tmp_path / "tree" / "model_spec.json").read_text())
+    hostile["name"] = "hostile"
+    hostile["client_specs"]["keyset"]["lweBootstrapKeys"][0]["inputId"] = 7
+    (tmp_path / "hostile.json").write_text(json.dumps(hostile))
+    enroll(fund, tmp_path, "mallory")
+    fund.register(tmp_path / "hostile.json", participant="mallory", stake=1.0)
+
+    out = ok(cli("fund", "open-round", "R1", "--live", paths["live"], "--scheduler",
+                 cluster.address, cwd=tmp_path))  # fmt: skip
+    assert (
+        "hostile left out: its keys or encryption failed: the FHE runtime crashed the worker "
+        "(signal 6)" in " ".join(out.split())
+    )
+    round_dir = tmp_path / "fund" / "rounds" / "R1"
+    assert sorted(p.name for p in (round_dir / "bundles").iterdir()) == ["lin", "tree"]
+    assert sorted(fund.round_record("R1").bundles) == ["lin", "tree"]
+    assert sorted(p.name for p in (tmp_path / "keys" / "R1").iterdir()) == ["lin", "tree"]
+    assert not (round_dir.parent / ".R1.opening").exists()
+    for name, model in models.items():
+        submission = run_bundle(round_dir / "bundles" / name, tmp_path / name,
+                                tmp_path / f"sub-{name}", identity=identities[name],
+                                fund_key=fund.public_key(), scheduler=cluster.address)  # fmt: skip
+        got = fund.receive("R1", submission, scheduler=cluster.address)
+        expected = model.predict(live, "quantized")
+        np.testing.assert_array_equal(got.loc[expected.index].to_numpy(), expected.to_numpy())

@@ -5,6 +5,7 @@ rules; tests/test_cluster.py a real scheduler with two workers.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import click
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -34,8 +36,12 @@ from fhe_toolkit.fhe.engine import (
     read_bytes,
     run_rows,
 )
-from fhe_toolkit.fhe.tasks import DecryptTask, ServerTask
+from fhe_toolkit.fhe.tasks import DecryptTask, KeygenEncryptTask, ServerTask
+from fhe_toolkit.fhe.versions import package_versions
+from fhe_toolkit.fund import Fund
+from tests.identities import enroll
 from tests.jobs_for_tests import EchoJob, FileJob, LoadCountJob, loaded_tasks
+from tests.test_protocol import model_spec_raw
 
 REPO = Path(__file__).resolve().parent.parent
 ITEMS = [f"row{i}".encode() for i in range(40)]
@@ -126,14 +132,35 @@ def test_sequential_work_stays_on_one_worker_and_survives_a_crash():
 
 
 def test_secret_keys_never_go_over_plain_tcp_to_another_host():
-    task = DecryptTask("specs.json", "keyset.bin")
-    # Refused before any connection is attempted (the address is never contacted).
-    with pytest.raises(EngineError, match="ships secret keys"):
-        run_rows(task, ITEMS, range(1), lambda *_: None, scheduler="tcp://10.20.30.40:8786")
+    # Sent to the workers (decryption) or back from them (the fund's key generation); refused
+    # before any connection is attempted (the address is never contacted).
+    for task in (DecryptTask("specs.json", "keyset.bin"), KeygenEncryptTask()):
+        with pytest.raises(EngineError, match="carries secret keys between this process and"):
+            run_rows(task, ITEMS, range(1), lambda *_: None, scheduler="tcp://10.20.30.40:8786")
     assert engine._private_channel("tcp://127.0.0.1:8786")
     assert engine._private_channel("tcp://localhost:8786")
     assert engine._private_channel("tls://fund-cluster.example:8786")
     assert not engine._private_channel("tcp://fund-cluster.example:8786")
+
+
+def test_a_round_is_not_opened_over_plain_tcp_to_another_host(tmp_path):
+    """The workers would send each model's secret keys back over it: refused before any key is
+    made or anything is written, and the round can be opened again at once."""
+    fund = Fund(tmp_path / "fund", tmp_path / "keys")
+    enroll(fund, tmp_path, "alice")
+    spec = model_spec_raw("alice") | {"versions": package_versions()}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    fund.register(tmp_path / "spec.json", participant="alice", stake=1.0)
+    live = pd.DataFrame(
+        {"era": "0001", "feature_a": [0, 1, 2], "feature_b": [4, 3, 2]},
+        index=pd.Index(["r1", "r2", "r3"], name="id"),
+    )
+    with pytest.raises(EngineError, match="KeygenEncryptTask carries secret keys"):
+        fund.open_round("R1", live, scheduler="tcp://10.20.30.40:8786")
+    rounds = fund.root / "rounds"  # the round's staging folder was made in there, and removed
+    assert not rounds.exists() or list(rounds.iterdir()) == []
+    assert not (fund.keys.root / "R1").exists()
+    assert fund.db.rounds().empty
 
 
 def test_an_unreachable_scheduler_is_named(monkeypatch):
@@ -163,6 +190,16 @@ def test_the_scheduler_option():
     refused = runner.invoke(command, ["--scheduler", "http://h"])
     assert refused.exit_code == 2 and "expected tcp://HOST:PORT" in refused.output
     assert "--scheduler tcp://HOST:PORT" in runner.invoke(command, ["--help"]).output
+
+
+@pytest.mark.parametrize(
+    "command", [["participant", "run"], ["fund", "open-round"], ["fund", "receive"]]
+)
+def test_the_commands_that_spread_fhe_work_take_a_scheduler(command):
+    from fhe_toolkit.cli import main
+
+    shown = CliRunner().invoke(main, [*command, "--help"]).output
+    assert "--scheduler tcp://HOST:PORT" in shown and "--workers" in shown
 
 
 def test_the_main_guard_is_found_in_a_script():

@@ -368,6 +368,27 @@ def test_config_encrypts_the_key_store_from_the_command_line(tmp_path):
     assert result.returncode == 2 and "ks.key does not exist" in result.stderr
 
 
+def test_keys_made_elsewhere_are_stored_as_created_ones(tmp_path, open_umask):
+    """A round's key sets are made in the engine's workers and stored here (no Concrete)."""
+    store = KeyStore(tmp_path / "keys")
+    spec = model_spec(MODEL)
+    keys = store.add(ROUND, MODEL, spec, b"secret and evaluation", b"evaluation")
+    folder = store.directory(ROUND, MODEL)
+    assert (keys.directory, keys.evaluation_keys, keys.client) == (folder, b"evaluation", None)
+    assert mode(folder) == 0o700 and mode(folder / KEYSET) == 0o600
+    assert (folder / KEYSET).read_bytes() == b"secret and evaluation"
+    assert (folder / SPECS).read_bytes() == spec.client_specs_bytes()
+    assert store.info(ROUND, MODEL)["key_set_id"] == keys.key_set_id
+    assert store.info(ROUND, MODEL)["spec_sha256"] == spec.sha256()
+    with pytest.raises(KeyStoreError, match="exist already"):
+        store.add(ROUND, MODEL, spec, b"other", b"other")
+    again = store.add(ROUND, MODEL, spec, b"other", b"other", replace_unpublished=True)
+    assert (folder / KEYSET).read_bytes() == b"other" and again.key_set_id != keys.key_set_id
+    store.mark_published(ROUND, MODEL)
+    with pytest.raises(KeyStoreError, match="exist already"):
+        store.add(ROUND, MODEL, spec, b"third", b"third", replace_unpublished=True)
+
+
 # --- create, with Concrete ---------------------------------------------------------------------
 @pytest.mark.fhe
 def test_create_makes_real_keys_for_a_real_circuit(tmp_path, open_umask):

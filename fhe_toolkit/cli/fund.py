@@ -286,6 +286,8 @@ def models(fund: Fund, output_format: str) -> None:
     show_default=True,
     help="Packed (linear) models one participant may enter in the round; the rest are left out.",
 )
+@workers_option("the circuit models' key generation and encryption")
+@scheduler_option("the circuit models' key generation and encryption")
 @with_existing_fund
 def open_round(
     fund: Fund,
@@ -294,29 +296,35 @@ def open_round(
     models: tuple[str, ...],
     deadline: datetime | None,
     max_packed_per_participant: int,
+    workers: int | None,
+    scheduler: str | None,
 ) -> None:
     """Open ROUND_ID: encrypt the live rows and publish the signed bundles.
 
     \b
     Linear models (exported packed) share one dataset: the live features encrypted once under
     a fresh round key, at most --max-packed-per-participant models per participant. Every
-    other model gets fresh keys and a bundle of its own. A model whose encryption fails is
-    left out, named, and the others are published.
+    other model gets fresh keys and a bundle of its own: one task per model (its keys, then its
+    rows encrypted) on worker processes of this machine, or on the workers of --scheduler
+    (tcp:// on this host only, as the secret keys come back over it; tls:// elsewhere). A model
+    whose keys or encryption fail, or crash their worker, is left out, named, and the others
+    are published.
     """
     live = load_tournament(live_path)
     with progress_bar("rows") as progress:
         tasks: dict[str, object] = {}
 
-        def report(model: str, done: int, total: int) -> None:
-            if model not in tasks:
-                what = "the packed dataset" if model == "packed" else model
-                tasks[model] = progress.add_task(f"encrypting {what}", total=total)
-            progress.update(tasks[model], completed=done)  # type: ignore[arg-type]
+        def report(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                label = "the packed dataset" if what == "packed" else f"{what} (keys + rows)"
+                tasks[what] = progress.add_task(f"encrypting {label}", total=total)
+            progress.update(tasks[what], completed=done)  # type: ignore[arg-type]
 
         bundles = fund.open_round(
             round_id, live, models=models or None, on_progress=report,
             deadline=deadline.replace(tzinfo=UTC) if deadline else None,
             max_packed_per_participant=max_packed_per_participant,
+            workers=workers, scheduler=scheduler,
         )  # fmt: skip
     for model, path in bundles.items():
         console.print(f"  {model:<20} {path}")

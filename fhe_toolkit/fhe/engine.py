@@ -53,8 +53,9 @@ Writing a task: a frozen dataclass with ``setup()``; if ``setup()`` reads files,
 ``portable()`` method returning a copy whose paths are replaced by ``Blob.of(path)`` (a directory
 travels as a tar archive), and read them in ``setup()`` through :func:`read_bytes` /
 :func:`local_path`, which accept either form (without ``portable()``, a scheduler's workers get
-the paths, which only work on a shared file system). A task whose ``setup()`` holds secret keys sets
-``holds_secrets = True``: it is refused on a plain ``tcp://`` scheduler on another host.
+the paths, which only work on a shared file system). A task that holds secret keys, or returns
+them, sets ``holds_secrets = True``: it is refused on a plain ``tcp://`` scheduler on another
+host.
 """
 
 from __future__ import annotations
@@ -566,7 +567,7 @@ class _Call:
 
     def crash_reason(self, lost: _Lost) -> str:
         how = self.engine.exit_status(lost.pid)
-        return f"the FHE runtime crashed the worker ({how}) on this row"
+        return f"the FHE runtime crashed the worker ({how})"
 
 
 _NO_WORKERS_TIMEOUT = 120.0
@@ -767,9 +768,9 @@ def _engine_for(
     address = parse_scheduler(scheduler)
     if getattr(task, "holds_secrets", False) and not _private_channel(address):
         raise EngineError(
-            f"{type(task).__name__} ships secret keys to the workers, and {address} is a plain "
-            "tcp:// address on another host: use tls:// (see docs/cluster.md), or run this "
-            "step without --scheduler"
+            f"{type(task).__name__} carries secret keys between this process and the workers, "
+            f"and {address} is a plain tcp:// address on another host: use tls:// (see "
+            "docs/cluster.md), or run this step without --scheduler"
         )
     with _ENGINES_LOCK:
         engine = _ENGINES.get(address)
@@ -852,6 +853,11 @@ def _start_local(count: int) -> _Engine:
         # row by row, instead of the scheduler rerunning a whole chunk that may crash again.
         "distributed.scheduler.allowed-failures": 0,
     }
+    # The cluster drops a worker that its nanny has not brought back within this time after
+    # a crash (Dask: 15 s), read when the worker dies, hence set for the process. Restarting
+    # one took 19 s on the loaded 2-core machine; the dropped worker's next task was then lost
+    # and blamed for a crash it did not cause. Our nannies live in this process: none vanishes.
+    dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"})
     with dask.config.set(config):
         try:
             cluster = LocalCluster(

@@ -66,6 +66,19 @@ class KeySet:
     client: object
 
 
+def generate_keys(client_specs: bytes) -> Any:
+    """A Concrete client holding fresh keys (secret and evaluation) for these client specs.
+
+    Concrete's key generation aborts its whole process on some malformed specs (a key id that
+    does not exist, a polynomial size that is not a power of two): the fund runs it in the
+    engine's worker processes (see :mod:`fhe_toolkit.fund.rounds`)."""
+    from concrete import fhe
+
+    client = fhe.Client(fhe.ClientSpecs.deserialize(client_specs))
+    client.keygen()
+    return client
+
+
 class KeyStore:
     def __init__(self, root: str | Path = "keys", *, within: KeyStore | None = None) -> None:
         """The key store at ``root``, its modes tightened if an older version left them open.
@@ -91,16 +104,31 @@ class KeyStore:
         ``replace_unpublished``: keys left by an attempt that failed before its bundle was
         published (see :meth:`mark_published`) encrypt nothing anyone holds, and are replaced.
         """
-        from concrete import fhe
-
         self._claim(round_id, model, replace_unpublished)
-        client = fhe.Client(fhe.ClientSpecs.deserialize(spec.client_specs_bytes()))
-        client.keygen()
+        client = generate_keys(spec.client_specs_bytes())
+        key_set = self.add(
+            round_id, model, spec, client.keys.serialize(), client.evaluation_keys.serialize()
+        )
+        return KeySet(key_set.key_set_id, key_set.directory, key_set.evaluation_keys, client)
+
+    def add(
+        self,
+        round_id: str,
+        model: str,
+        spec: CircuitSpec,
+        secret: bytes,
+        evaluation_keys: bytes,
+        *,
+        replace_unpublished: bool = False,
+    ) -> KeySet:
+        """Store keys generated for (model, round) elsewhere, e.g. by a worker of the engine
+        (:class:`~fhe_toolkit.fhe.tasks.KeygenEncryptTask`); refuse as :meth:`create` does.
+        ``secret``: the serialized key set (secret and evaluation keys)."""
         key_set_id, folder = self.store(
-            round_id, model, client.keys.serialize(), {SPECS: spec.client_specs_bytes()},
-            spec_sha256=spec.sha256(),
+            round_id, model, secret, {SPECS: spec.client_specs_bytes()},
+            replace_unpublished=replace_unpublished, spec_sha256=spec.sha256(),
         )  # fmt: skip
-        return KeySet(key_set_id, folder, client.evaluation_keys.serialize(), client)
+        return KeySet(key_set_id, folder, evaluation_keys, None)
 
     def store(
         self,

@@ -1,9 +1,10 @@
-"""Per-row FHE work that runs inside worker processes (see :mod:`fhe_toolkit.fhe.engine`).
+"""FHE work that runs inside worker processes (see :mod:`fhe_toolkit.fhe.engine`).
 
 Each task is a small picklable description; ``setup`` loads what it needs once per worker and
-returns the function applied to each serialized ciphertext. Tasks are made with paths; the engine
-ships their :meth:`portable` copy, which carries the files' contents instead, so that workers on
-other machines need no access to the caller's files.
+returns the function applied to each item (a serialized ciphertext, or one model's rows for
+:class:`KeygenEncryptTask`). Tasks are made with paths; the engine ships their :meth:`portable`
+copy, which carries the files' contents instead, so that workers on other machines need no
+access to the caller's files.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fhe_toolkit.fhe.engine import Blob, local_path, read_bytes
+from fhe_toolkit.fhe.keystore import generate_keys
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,60 @@ class DecryptTask:
             return tuple(np.asarray(v) for v in values)
 
         return decrypt
+
+
+@dataclass(frozen=True, repr=False)
+class ModelRows:
+    """One circuit model's share of a round for :class:`KeygenEncryptTask`: its client specs
+    and its quantized rows cut into the blocks its ciphertexts hold (blocks × rows × features;
+    any integer dtype: it travels in the narrowest one that holds its values)."""
+
+    model: str
+    client_specs: bytes
+    blocks: np.ndarray
+
+    def __repr__(self) -> str:
+        return f"ModelRows({self.model!r}, {self.blocks.shape[0]} blocks)"
+
+
+@dataclass(frozen=True, repr=False)
+class EncryptedModel:
+    """A model's fresh key set (``keyset``: secret and evaluation keys, serialized), its
+    evaluation keys alone (for the bundle), and one ciphertext per block of rows."""
+
+    keyset: bytes
+    evaluation_keys: bytes
+    ciphertexts: list[bytes]
+
+    def __repr__(self) -> str:  # never the keys, in a log or a traceback
+        return f"EncryptedModel({len(self.ciphertexts)} ciphertexts)"
+
+
+@dataclass(frozen=True)
+class KeygenEncryptTask:
+    """Generate a circuit model's fresh keys and encrypt its rows under them: an item is a
+    :class:`ModelRows`, the output an :class:`EncryptedModel`.
+
+    The secret keys come back over the wire to the caller (the fund's key store), so the engine
+    refuses to run it over a plain ``tcp://`` connection to another host. A worker holds them in
+    memory only while it encrypts, and until the caller has taken the result.
+    """
+
+    holds_secrets: ClassVar[bool] = True
+
+    def setup(self) -> Callable[[ModelRows], EncryptedModel]:
+        return keygen_and_encrypt
+
+
+def keygen_and_encrypt(item: ModelRows) -> EncryptedModel:
+    """:class:`KeygenEncryptTask`'s work for one model."""
+    client = generate_keys(item.client_specs)
+    # Concrete reads the array's buffer as C-ordered int64: a strided view would encrypt garbage.
+    ciphertexts = [
+        client.encrypt(np.ascontiguousarray(block, dtype=np.int64)).serialize()
+        for block in item.blocks
+    ]
+    return EncryptedModel(client.keys.serialize(), client.evaluation_keys.serialize(), ciphertexts)
 
 
 def _blob(source: str | Path | Blob) -> Blob:

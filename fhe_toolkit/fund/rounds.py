@@ -10,15 +10,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fhe_toolkit.data import load_tournament
 from fhe_toolkit.data.schema import ERA, FEATURE_VALUES
 from fhe_toolkit.errors import FundError, SpecError
 from fhe_toolkit.fhe.codecs import SpecCodec
+from fhe_toolkit.fhe.engine import run_rows
 from fhe_toolkit.fhe.keystore import TRAINING_KEYS
 from fhe_toolkit.fhe.packed import (
     CHUNK_ROWS,
@@ -29,6 +30,7 @@ from fhe_toolkit.fhe.packed import (
     padded,
     round_params,
 )
+from fhe_toolkit.fhe.tasks import EncryptedModel, KeygenEncryptTask, ModelRows
 from fhe_toolkit.fhe.versions import package_versions
 from fhe_toolkit.fund.base import (
     MAX_PACKED_PER_PARTICIPANT,
@@ -51,6 +53,9 @@ from fhe_toolkit.protocol.manifest import ROUND_PATTERN
 from fhe_toolkit.protocol.modelspec import LinearSpec, ModelSpec
 from fhe_toolkit.protocol.signing import sign_directory
 from fhe_toolkit.registry import NewBundle
+
+CIRCUIT_MODELS = "circuit models"
+"""What ``open_round`` reports the circuit models' progress as (the packed dataset: "packed")."""
 
 
 @dataclass(frozen=True)
@@ -80,23 +85,30 @@ class Rounds(FundBase):
         models: Sequence[str] | None = None,
         deadline: datetime | None = None,
         max_packed_per_participant: int = MAX_PACKED_PER_PARTICIPANT,
+        workers: int | None = None,
+        scheduler: str | None = None,
         on_progress: Callable[[str, int, int], None] | None = None,
     ) -> OpenedRound:
         """Encrypt the live rows for each registered model and publish the bundles, signed by
         the fund.
 
         Circuit models (trees, networks, linear models exported as circuits) get fresh keys
-        each and a bundle of their own. Linear models share the round's packed dataset: the
-        live features encrypted once under a fresh round key (at most
-        ``max_packed_per_participant`` packed models per participant: each one more decryption
-        under the shared key; the rest are left out).
-        A model whose keys or encryption fail, or whose features (or declared neutralization
-        features) the live data lacks, is left out, with the reason, and every other model's
-        bundle is published.
+        each and a bundle of their own: one task per model (key generation and encryption of
+        its rows) on the engine's worker processes, ``workers`` of them on this machine, or the
+        workers of the Dask scheduler at ``scheduler`` (``tcp://`` only on this host: the
+        secret keys come back to the key store over it; ``tls://`` elsewhere). Linear models
+        share the round's packed dataset: the live features encrypted once, in this process,
+        under a fresh round key (at most ``max_packed_per_participant`` packed models per
+        participant: each one more decryption under the shared key; the rest are left out).
+        A model whose keys or encryption fail, or crash their worker, or whose features (or
+        declared neutralization features) the live data lacks, is left out, with the reason,
+        and every other model's bundle is published. If the round cannot open at all,
+        nothing of it is left behind but the unpublished keys, which the next attempt replaces.
 
         ``deadline``: submissions after it are refused (none: until the round is closed); it
-        must be in the future. ``on_progress(model, rows_done, rows)`` reports encryption
-        progress (``model`` is ``"packed"`` for the shared dataset).
+        must be in the future. ``on_progress(what, rows_done, rows)`` reports encryption
+        progress: ``what`` is ``"circuit models"`` (the rows of all of them; a model's count
+        as its task finishes) or ``"packed"`` (the shared dataset).
         """
         if not re.fullmatch(ROUND_PATTERN, round_id) or round_id == TRAINING_KEYS:
             raise FundError(
@@ -140,67 +152,127 @@ class Rounds(FundBase):
         linear = [s for s in specs.values() if isinstance(s, LinearSpec)]
         left_out |= self._over_the_cap(linear, max_packed_per_participant)
         signing_key = self.signing_key()
+        circuits = [
+            s for s in specs.values() if s.name not in left_out and not isinstance(s, LinearSpec)
+        ]
+        packed = [s for s in specs.values() if isinstance(s, LinearSpec) and s.name not in left_out]
         shutil.rmtree(staging, ignore_errors=True)
         (staging / "bundles").mkdir(parents=True)
-        frame[[ERA]].to_parquet(staging / "live_ids.parquet")
-        bundles: list[NewBundle] = []
-        for name, spec in specs.items():
-            if name in left_out or isinstance(spec, LinearSpec):
-                continue
-            try:
-                bundles.append(
-                    self._encrypt_circuit(
-                        round_id, spec, frame, staging, partial(report_progress, on_progress, name)
-                    )
-                )
-            except Exception as exc:
-                left_out[name] = f"its keys or encryption failed: {exc}"
-            else:
-                sign_directory(staging / "bundles" / name, signing_key)
-        packed = [s for s in specs.values() if isinstance(s, LinearSpec) and s.name not in left_out]
-        if packed:
-            try:
-                bundles.extend(
-                    self._encrypt_packed(
-                        round_id, packed, frame, staging,
-                        partial(report_progress, on_progress, "packed"),
-                    )
-                )  # fmt: skip
-            except Exception as exc:
-                left_out |= {s.name: f"the packed encryption failed: {exc}" for s in packed}
-            else:
-                sign_directory(staging / PACKED_DIR, signing_key)
-        if not bundles:
+        try:
+            frame[[ERA]].to_parquet(staging / "live_ids.parquet")
+            bundles = self._encrypt_circuits(
+                round_id, circuits, frame, staging, signing_key, left_out,
+                partial(report_progress, on_progress, CIRCUIT_MODELS),
+                workers=workers, scheduler=scheduler,
+            )  # fmt: skip
+            if packed:
+                try:
+                    bundles.extend(
+                        self._encrypt_packed(
+                            round_id, packed, frame, staging,
+                            partial(report_progress, on_progress, "packed"),
+                        )
+                    )  # fmt: skip
+                except Exception as exc:
+                    left_out |= {s.name: f"the packed encryption failed: {exc}" for s in packed}
+                else:
+                    sign_directory(staging / PACKED_DIR, signing_key)
+            if not bundles:
+                reasons = "; ".join(f"{m}: {why}" for m, why in left_out.items())
+                raise FundError(f"no model could be encrypted for round {round_id!r} ({reasons}).")
+        except BaseException:  # Ctrl-C or an engine error too: no half-opened round stays
             shutil.rmtree(staging, ignore_errors=True)
-            reasons = "; ".join(f"{m}: {why}" for m, why in left_out.items())
-            raise FundError(f"no model could be encrypted for round {round_id!r} ({reasons}).")
+            raise
         self.db.create_round(round_id, len(frame), deadline, bundles)
         opened = self._publish(round_id, staging)
         return OpenedRound(opened.bundles, left_out)
 
-    def _encrypt_circuit(
+    def _encrypt_circuits(
+        self,
+        round_id: str,
+        specs: list[ModelSpec],
+        frame: pd.DataFrame,
+        staging: Path,
+        signing_key: Ed25519PrivateKey,
+        left_out: dict[str, str],
+        on_progress: Callable[[int, int], None],
+        *,
+        workers: int | None,
+        scheduler: str | None,
+    ) -> list[NewBundle]:
+        """Each circuit model's own keys (to the key store) and signed bundle (in
+        ``staging/bundles/<model>``), made by one engine task per model; a model whose task
+        fails, or whose bundle cannot be written, goes to ``left_out`` with the reason."""
+        codecs: dict[str, SpecCodec] = {}
+        for spec in specs:
+            try:
+                codecs[spec.name] = SpecCodec(spec)
+            except Exception as exc:
+                left_out[spec.name] = f"its quantizers cannot be built: {exc}"
+        specs = [spec for spec in specs if spec.name in codecs]
+        if not specs:
+            return []
+        made: dict[int, NewBundle] = {}
+        rows = len(frame)
+
+        def keep(position: int, encrypted: EncryptedModel) -> None:
+            spec = specs[position]
+            folder = staging / "bundles" / spec.name
+            try:
+                made[position] = self._write_bundle(round_id, spec, frame, encrypted, folder)
+                sign_directory(folder, signing_key)
+            except Exception as exc:
+                shutil.rmtree(folder, ignore_errors=True)
+                left_out[spec.name] = f"its bundle could not be written: {exc}"
+
+        done = 0
+
+        def count(_position: int) -> None:
+            nonlocal done
+            done += 1
+            on_progress(rows * done, rows * len(specs))
+
+        on_progress(0, rows * len(specs))
+        failures = run_rows(
+            KeygenEncryptTask(), _ModelRowsOf(specs, codecs, frame), range(len(specs)), keep,
+            workers=workers, chunk_size=1, on_done=count, scheduler=scheduler,
+            # Models are independent: a hostile spec that crashes Concrete's key generation
+            # says nothing about the next model's, so no run of crashes stops the round.
+            max_consecutive_crashes=len(specs) + 1,
+        )  # fmt: skip
+        for failure in failures:
+            left_out[specs[failure.position].name] = (
+                f"its keys or encryption failed: {failure.reason}"
+            )
+        return [made[position] for position in sorted(made)]
+
+    def _write_bundle(
         self,
         round_id: str,
         spec: ModelSpec,
         frame: pd.DataFrame,
-        staging: Path,
-        on_progress: Callable[[int, int], None],
+        encrypted: EncryptedModel,
+        folder: Path,
     ) -> NewBundle:
-        """A circuit model's own keys and bundle, in ``staging/bundles/<model>``."""
-        key_set = self.keys.create(round_id, spec.name, spec, replace_unpublished=True)
-        ids, ciphertexts = _encrypt_rows(key_set.client, spec, frame, on_progress)
+        """Store a model's keys in the key store and write its bundle in ``folder``."""
+        key_set = self.keys.add(
+            round_id, spec.name, spec, encrypted.keyset, encrypted.evaluation_keys,
+            replace_unpublished=True,
+        )  # fmt: skip
+        size = spec.batch_size
+        ids = [[str(i) for i in frame.index[s : s + size]] for s in range(0, len(frame), size)]
         bundle_sha = write_artifact(
-            staging / "bundles" / spec.name,
+            folder,
             ROUND_BUNDLE,
-            batches={"ids": ids, "ciphertext": ciphertexts},
+            batches={"ids": ids, "ciphertext": encrypted.ciphertexts},
             blobs={EVALUATION_KEYS: key_set.evaluation_keys, BUNDLE_SPEC: spec.to_json().encode()},
             round_id=round_id,
             model=spec.name,
             key_set_id=key_set.key_set_id,
             spec_sha256=spec.sha256(),
             n_rows=len(frame),
-            n_batches=len(ciphertexts),
-            batch_size=spec.batch_size,
+            n_batches=len(encrypted.ciphertexts),
+            batch_size=size,
             versions=package_versions(),
         )
         return NewBundle(spec.name, key_set.key_set_id, bundle_sha, ids)
@@ -288,21 +360,27 @@ class Rounds(FundBase):
         self.db.close_round(round_id)
 
 
-def _encrypt_rows(
-    client: Any, spec: ModelSpec, frame: pd.DataFrame, on_progress: Callable[[int, int], None]
-) -> tuple[list[list[str]], list[bytes]]:
-    """Quantize and encrypt live rows, ``batch_size`` rows per ciphertext (last one padded)."""
-    codec = SpecCodec(spec)
-    quantized = codec.quantize(frame[spec.features].to_numpy(np.float32))
-    size = spec.batch_size
-    ids: list[list[str]] = []
-    ciphertexts: list[bytes] = []
-    for start in range(0, len(frame), size):
-        block = quantized[start : start + size]
-        if len(block) < size:
-            block = np.concatenate([block, np.repeat(block[-1:], size - len(block), axis=0)])
-        # Concrete reads the array's buffer as C-ordered: a strided view would encrypt garbage.
-        ciphertexts.append(client.encrypt(np.ascontiguousarray(block)).serialize())
-        ids.append([str(i) for i in frame.index[start : start + size]])
-        on_progress(min(start + size, len(frame)), len(frame))
-    return ids, ciphertexts
+class _ModelRowsOf(Sequence[ModelRows]):
+    """Each model's quantized live rows, made when the engine sends the model's task (so that
+    hundreds of models' rows are never all in memory at once)."""
+
+    def __init__(
+        self, specs: list[ModelSpec], codecs: dict[str, SpecCodec], frame: pd.DataFrame
+    ) -> None:
+        self.specs, self.codecs, self.frame = specs, codecs, frame
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __getitem__(self, position: int) -> ModelRows:  # type: ignore[override]
+        spec = self.specs[position]
+        quantized = self.codecs[spec.name].quantize(self.frame[spec.features].to_numpy(np.float32))
+        size = spec.batch_size
+        short = -len(quantized) % size  # the last block is padded with copies of its last row
+        if short:
+            quantized = np.concatenate([quantized, np.repeat(quantized[-1:], short, axis=0)])
+        narrow = np.result_type(
+            np.min_scalar_type(quantized.min()), np.min_scalar_type(quantized.max())
+        )
+        blocks = quantized.astype(narrow).reshape(-1, size, quantized.shape[1])
+        return ModelRows(spec.name, spec.client_specs_bytes(), blocks)
