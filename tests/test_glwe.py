@@ -363,6 +363,40 @@ def test_hostile_results_are_refused_or_caught(round_keys, encrypted):
         verify_linear(features(rows=CHUNK), forged, BOUND)
 
 
+def _library_decryption(key, result: bytes, n_rows: int, n_outputs: int) -> np.ndarray:
+    """The extension's own ``decrypt_matrix``, read as decrypt_chunk reads values."""
+    fhext = glwe._fhext()
+    matrix = fhext.CompressedResultEncryptedMatrix.deserialize(result)
+    raw = fhext.decrypt_matrix(matrix, key.key, key.params._library_params(), n_outputs)
+    values = np.asarray(raw, dtype=np.uint64).reshape(n_rows, n_outputs)
+    modulus = 1 << key.params.bits
+    reduced = (values & np.uint64(modulus - 1)).astype(np.int64)
+    return np.where(reduced >= modulus // 2, reduced - modulus, reduced)
+
+
+@pytest.mark.fhe
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_decryption_equals_the_librarys_on_real_and_forged_results(
+    round_keys, encrypted, n_outputs
+):
+    params, key, compression = round_keys
+    w = weights()[:, :n_outputs]
+    result = glwe.multiply_chunk(compression, encrypted[0], w)
+    ours = glwe.decrypt_chunk(key, result, n_rows=CHUNK, n_outputs=n_outputs)
+    assert np.array_equal(ours, _library_decryption(key, result, CHUNK, n_outputs))
+    assert np.array_equal(ours, features()[:CHUNK].astype(np.int64) @ w)
+    # Any coefficients at all (every bit position of the packing, values that round either
+    # way, wrap, or land on the sign boundary): the same values as the library's.
+    words = np.frombuffer(result, dtype="<u8").copy()
+    table = words[1:].reshape(CHUNK, -1)
+    count = -(-(2048 + n_outputs) * params.output_storage_bits // 64)
+    rng = np.random.default_rng(n_outputs)
+    table[:, 2 : 2 + count] = rng.integers(0, 2**64, (CHUNK, count), dtype=np.uint64)
+    forged = words.tobytes()
+    ours = glwe.decrypt_chunk(key, forged, n_rows=CHUNK, n_outputs=n_outputs)
+    assert np.array_equal(ours, _library_decryption(key, forged, CHUNK, n_outputs))
+
+
 @pytest.mark.fhe
 def test_hostile_keys_are_refused(round_keys):
     params, key, compression = round_keys
