@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from fhe_toolkit.fhe import glwe
+from fhe_toolkit.fhe import glwe, packed
 from fhe_toolkit.fhe.glwe import (
     LinearVerifier,
     PackedError,
@@ -17,6 +17,9 @@ from fhe_toolkit.fhe.glwe import (
     choose_params,
     verify_linear,
 )
+from fhe_toolkit.fhe.packed import verify_products
+from fhe_toolkit.fhe.versions import package_versions
+from fhe_toolkit.protocol.modelspec import LinearSpec
 
 BOUND = 127
 N_FEATURES = 12
@@ -188,6 +191,25 @@ def test_verify_refuses_values_out_of_reach():
 def test_verify_refuses_when_rows_cannot_identify_weights():
     with pytest.raises(PackedError, match="cannot attribute"):
         LinearVerifier(features(rows=8), BOUND)
+
+
+def test_the_rounds_verifier_is_reused_and_never_mixes_up_features():
+    """Models on the same features share one factorization; other features get their own, and
+    outputs of one matrix are still refused against another."""
+    names = [f"feature_{i}" for i in range(N_FEATURES)]
+    spec = LinearSpec(
+        name="m", family="linear", target="target", features=names, weight_bits=8, scale=1.0,
+        intercept=0.0, versions=package_versions(),
+    )  # fmt: skip
+    first, second = features(rows=40), features(rows=40, seed=3)
+    w = weights()
+    assert np.array_equal(verify_products(first, spec, first.astype(np.int64) @ w[:, 2]), w[:, 2])
+    shared = packed._VERIFIERS.copy()
+    assert np.array_equal(verify_products(first, spec, first.astype(np.int64) @ w[:, 0]), w[:, 0])
+    assert packed._VERIFIERS == shared, "the same features were factorized again"
+    assert np.array_equal(verify_products(second, spec, second.astype(np.int64) @ w[:, 1]), w[:, 1])
+    with pytest.raises(VerificationError):
+        verify_products(first, spec, second.astype(np.int64) @ w[:, 1])
 
 
 def test_verify_refuses_float_or_misshapen_inputs():
