@@ -1,28 +1,40 @@
 """The packed round at Numerai width, through the toolkit's own API: what one more linear model
 costs the fund and the participant, against the per-model (circuit) path side by side.
 
-    python benchmarks/bench_packed.py [--feature-set medium|all] [--rows 672] [--models 1 4]
-        [--circuit-rows 64] [--out packed.json]
+    python bench_packed.py [--feature-set medium|all] [--rows 672] [--models 1 4]
+        [--circuit-rows 64] [--primitive-rows 0] [--out packed.json]
 
 ``medium`` is 780 features and ``all`` 2,748, Numerai v5's widths.
 
 For each model count: the fund opens a round (one key, one encryption of the live features,
 published once), each participant runs its model (all cores), the fund receives every
 submission (decrypt, verify, decode). The per-model path is a compiled ``linear`` circuit on
-fewer rows (``--circuit-rows``), compared per row. Models are random integer weights over the
-features (8 bits), registered as LinearSpecs: what is measured is the encryption, not training.
+fewer rows (``--circuit-rows``, 0 to skip), compared per row. Models are random integer weights
+over the features (8 bits), registered as LinearSpecs: what is measured is the encryption, not
+training. ``--primitive-rows N`` also times the GLWE multiplication alone (``bench_glwe.py``'s
+measurement, on at least N rows, one process and as many as there are cores) in the same run,
+so the participant's rate can be read against the primitive under the same load.
+
+The last table extrapolates the fund's cost of a round of 1, 10 and 100 models from the measured
+round of one model and the measured marginal cost of each further model (opening and receiving),
+and says which figures are measured.
+
+Every part records the machine's load average (1 minute) before and after it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from bench_glwe import bench_width  # type: ignore[import-not-found]
 from common import machine  # type: ignore[import-not-found]
 
 from fhe_toolkit.data import SynthConfig, make_tournament
@@ -30,8 +42,11 @@ from fhe_toolkit.fhe.versions import package_versions
 from fhe_toolkit.fund import Fund
 from fhe_toolkit.participant import compile_model, export_model, run_bundle, train_model
 from fhe_toolkit.participant.model import DEPLOYMENT_DIR, SPEC_FILE, WEIGHTS_FILE
+from fhe_toolkit.protocol.artifacts import PACKED_ROUND, open_artifact
 from fhe_toolkit.protocol.modelspec import LinearSpec
 from fhe_toolkit.protocol.signing import create_identity
+
+EXTRAPOLATED = (1, 10, 100)
 
 
 def linear_model(root: Path, name: str, features: list[str], rng: np.random.Generator) -> Path:
@@ -52,7 +67,12 @@ def size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
 def packed_round(root: Path, live: pd.DataFrame, features: list[str], count: int) -> dict:
+    load_before = load()
     fund = Fund(root / "fund", root / "keys")
     rng = np.random.default_rng(count)
     identity = root / "p.pem"
@@ -64,6 +84,7 @@ def packed_round(root: Path, live: pd.DataFrame, features: list[str], count: int
     opened = fund.open_round("r", live, max_packed_per_participant=count)
     open_seconds = time.perf_counter() - start
     dataset = opened["m0"]
+    encrypted_rows = open_artifact(dataset, PACKED_ROUND).manifest.n_rows
     run_seconds, receive_seconds = [], []
     for i in range(count):
         start = time.perf_counter()
@@ -72,17 +93,24 @@ def packed_round(root: Path, live: pd.DataFrame, features: list[str], count: int
         start = time.perf_counter()
         fund.receive("r", out)
         receive_seconds.append(time.perf_counter() - start)
+    run = float(np.mean(run_seconds))
     return {
         "models": count,
+        "live_rows": len(live),
+        "encrypted_rows": encrypted_rows,
         "open_s": round(open_seconds, 2),
         "published_bytes": size(dataset),
-        "participant_s_per_model": round(float(np.mean(run_seconds)), 2),
-        "participant_ms_per_row": round(1e3 * float(np.mean(run_seconds)) / len(live), 2),
-        "fund_receive_s_per_model": round(float(np.mean(receive_seconds)), 3),
+        "participant_s_per_model": [round(s, 2) for s in run_seconds],
+        "participant_ms_per_live_row": round(1e3 * run / len(live), 2),
+        "participant_ms_per_encrypted_row": round(1e3 * run / encrypted_rows, 2),
+        "submission_bytes": size(root / "s0"),
+        "fund_receive_s_per_model": [round(s, 3) for s in receive_seconds],
+        "load_before_after": (load_before, load()),
     }
 
 
 def circuit_round(root: Path, train: pd.DataFrame, live: pd.DataFrame, features: list[str]) -> dict:
+    load_before = load()
     model = train_model(train, family="linear", features=features, packed=False)
     compile_model(model, train)
     export_model(model, root / "c", "c")
@@ -104,15 +132,54 @@ def circuit_round(root: Path, train: pd.DataFrame, live: pd.DataFrame, features:
         "published_bytes_per_row": size(bundle) // len(live),
         "participant_ms_per_row": round(1e3 * run_seconds / len(live), 2),
         "fund_receive_s": round(time.perf_counter() - start, 2),
+        "load_before_after": (load_before, load()),
+    }
+
+
+def fund_costs(packed: list[dict]) -> dict[str, Any]:
+    """Seconds and bytes of a round of 1, 10, 100 models: the round of one model as measured,
+    plus each further model's measured marginal cost (opening: the slope between the smallest
+    and largest round measured; receiving: the mean receive)."""
+    first, last = packed[0], packed[-1]
+    extra = last["models"] - first["models"]
+    open_marginal = (last["open_s"] - first["open_s"]) / extra if extra else 0.0
+    bytes_marginal = (last["published_bytes"] - first["published_bytes"]) / extra if extra else 0
+    receives = [s for result in packed for s in result["fund_receive_s_per_model"]]
+    receive = float(np.mean(receives))
+    rounds = {}
+    for models in EXTRAPOLATED:
+        added = models - first["models"]
+        rounds[models] = {
+            "open_s": round(first["open_s"] + added * open_marginal, 2),
+            "receive_s": round(models * receive, 1),
+            "published_bytes": int(first["published_bytes"] + added * bytes_marginal),
+            "measured": models in {r["models"] for r in packed},
+        }
+    return {
+        "open_marginal_s_per_model": round(open_marginal, 3),
+        "published_marginal_bytes_per_model": bytes_marginal,
+        "receive_s_per_model": round(receive, 3),
+        "rounds": rounds,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[1:]),
+    )  # fmt: skip
     parser.add_argument("--feature-set", choices=["medium", "all"], default="medium")
-    parser.add_argument("--rows", type=int, default=672)
-    parser.add_argument("--models", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--circuit-rows", type=int, default=64)
+    parser.add_argument("--rows", type=int, default=672, help="live rows of the round")
+    parser.add_argument("--models", type=int, nargs="+", default=[1, 4],
+                        help="model counts: one packed round each")  # fmt: skip
+    parser.add_argument("--circuit-rows", type=int, default=64,
+                        help="rows for the per-model circuit path (0: skip it)")  # fmt: skip
+    parser.add_argument(
+        "--primitive-rows",
+        type=int,
+        default=0,
+        help="also time the GLWE multiplication alone on this many rows (0: no)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     config = SynthConfig(
@@ -122,15 +189,36 @@ def main() -> None:
     features = metadata.features(args.feature_set)
     train, live = (frame[frame["data_type"] == kind] for kind in ("train", "live"))
     results: dict = {"machine": machine(), "features": len(features), "rows": len(live)}
-    for count in args.models:
+    packed = []
+    for count in sorted(args.models):
         with tempfile.TemporaryDirectory() as work:
-            results[f"packed_{count}"] = packed_round(Path(work), live, features, count)
-            print(json.dumps(results[f"packed_{count}"]), flush=True)
-    with tempfile.TemporaryDirectory() as work:
-        results["circuit"] = circuit_round(
-            Path(work), train, live.iloc[: args.circuit_rows], features
-        )
-        print(json.dumps(results["circuit"]), flush=True)
+            packed.append(packed_round(Path(work), live, features, count))
+            results[f"packed_{count}"] = packed[-1]
+            print(json.dumps(packed[-1]), flush=True)
+    results["fund_costs"] = fund_costs(packed)
+    print(json.dumps(results["fund_costs"]), flush=True)
+    if args.primitive_rows:
+        before = load()
+        cores = os.cpu_count() or 1
+        rows = max(args.primitive_rows, len(features) + 64)  # as bench_glwe.py pads
+        chunk = -(-rows // (4 * cores))
+        primitive = bench_width(len(features), rows, 127, chunk, cores, seed=0)
+        results["primitive"] = {
+            "rows": primitive["rows"],
+            "multiply_ms_per_row_1proc": round(primitive["multiply_ms_per_row_1proc"], 2),
+            f"multiply_ms_per_row_{cores}proc": round(
+                primitive[f"multiply_ms_per_row_{cores}proc"], 2
+            ),
+            "exact": primitive["exact"] and primitive["verified"],
+            "load_before_after": (before, load()),
+        }
+        print(json.dumps(results["primitive"]), flush=True)
+    if args.circuit_rows:
+        with tempfile.TemporaryDirectory() as work:
+            results["circuit"] = circuit_round(
+                Path(work), train, live.iloc[: args.circuit_rows], features
+            )
+            print(json.dumps(results["circuit"]), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from fhe_toolkit.data import load_tournament
+from fhe_toolkit.fund import Fund
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -68,3 +69,16 @@ def test_errors_are_one_clear_line_and_exit_2(tmp_path):
 
     result = run("data", "synth", str(tmp_path / "x"), "--rows-per-era", "1")
     assert result.returncode == 2 and "rows_per_era" in result.stderr
+
+
+def test_receive_takes_several_submissions_and_refuses_each_on_its_own(tmp_path):
+    Fund(tmp_path / "fund", tmp_path / "keys")
+    store = ["--fund-dir", str(tmp_path / "fund"), "--keys", str(tmp_path / "keys")]
+    first, second = (str(tmp_path / name) for name in ("alice-sub", "bob-sub"))
+    result = run("fund", "receive", "R1", first, second, *store)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"refused {first}:" in result.stderr and f"refused {second}:" in result.stderr
+    assert result.stderr.count("round 'R1' was never opened") == 2, result.stderr
+    assert "2 of 2 submissions refused" in result.stderr
+    alone = run("fund", "receive", "R1", first, *store)
+    assert alone.returncode == 2 and "refused" not in alone.stderr and "R1" in alone.stderr

@@ -50,6 +50,7 @@ from fhe_toolkit.protocol.signing import (
     sign_directory,
 )
 from fhe_toolkit.registry import SubmissionStatus
+from tests.cli_runner import cli
 from tests.funds import register, small_fund
 
 pytestmark = pytest.mark.fhe
@@ -189,8 +190,21 @@ def test_bad_submissions_are_refused_before_decryption(world, refusals):
 
 
 @pytest.fixture(scope="module")
-def received(world, refusals) -> dict[str, pd.Series]:
-    return {name: world["fund"].receive("r1", world["submissions"][name]) for name in MODELS}
+def received(world, refusals, tmp_path_factory) -> dict[str, pd.Series]:
+    """Every genuine submission received by one `fund receive` call (its start-up paid once),
+    with a submission refused among them that neither stops nor spends the others."""
+    root, fund = world["root"], world["fund"]
+    stranger = copy(world["submissions"]["tree"], tmp_path_factory.mktemp("x") / "stranger")
+    sign_directory(stranger, load_private_key(world["identities"]["lin"]))
+    subs = world["submissions"]
+    result = cli("fund", "receive", "r1", subs["lin"], stranger, subs["tree"], subs["resid"],
+                 "--fund-dir", fund.root, "--keys", fund.keys.root, cwd=root)  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"refused {stranger}: this submission for model 'tree' is signed by" in result.stderr
+    assert "1 of 4 submissions refused" in result.stderr
+    assert [line.split()[4] for line in result.stdout.splitlines()] == ["lin", "tree", "resid"]
+    predictions = fund.round_dir("r1") / "predictions"
+    return {name: pd.read_parquet(predictions / f"{name}.parquet")[name] for name in MODELS}
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

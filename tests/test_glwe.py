@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 
 from fhe_toolkit.errors import PackedError, VerificationError
-from fhe_toolkit.fhe import glwe
+from fhe_toolkit.fhe import glwe, packed
 from fhe_toolkit.fhe.glwe import (
     LinearVerifier,
     PackedParams,
     choose_params,
     verify_linear,
 )
+from fhe_toolkit.fhe.packed import verify_products
+from fhe_toolkit.fhe.versions import package_versions
+from fhe_toolkit.protocol.modelspec import LinearSpec
 
 BOUND = 127
 N_FEATURES = 12
@@ -189,6 +192,25 @@ def test_verify_refuses_when_rows_cannot_identify_weights():
         LinearVerifier(features(rows=8), BOUND)
 
 
+def test_the_rounds_verifier_is_reused_and_never_mixes_up_features():
+    """Models on the same features share one factorization; other features get their own, and
+    outputs of one matrix are still refused against another."""
+    names = [f"feature_{i}" for i in range(N_FEATURES)]
+    spec = LinearSpec(
+        name="m", family="linear", target="target", features=names, weight_bits=8, scale=1.0,
+        intercept=0.0, versions=package_versions(),
+    )  # fmt: skip
+    first, second = features(rows=40), features(rows=40, seed=3)
+    w = weights()
+    assert np.array_equal(verify_products(first, spec, first.astype(np.int64) @ w[:, 2]), w[:, 2])
+    shared = packed._VERIFIERS.copy()
+    assert np.array_equal(verify_products(first, spec, first.astype(np.int64) @ w[:, 0]), w[:, 0])
+    assert packed._VERIFIERS == shared, "the same features were factorized again"
+    assert np.array_equal(verify_products(second, spec, second.astype(np.int64) @ w[:, 1]), w[:, 1])
+    with pytest.raises(VerificationError):
+        verify_products(first, spec, second.astype(np.int64) @ w[:, 1])
+
+
 def test_verify_refuses_float_or_misshapen_inputs():
     x = features()
     with pytest.raises(PackedError, match="must be integers"):
@@ -360,6 +382,40 @@ def test_hostile_results_are_refused_or_caught(round_keys, encrypted):
     forged = glwe.decrypt_chunk(key, words.tobytes(), n_rows=CHUNK, n_outputs=3)
     with pytest.raises(PackedError):
         verify_linear(features(rows=CHUNK), forged, BOUND)
+
+
+def _library_decryption(key, result: bytes, n_rows: int, n_outputs: int) -> np.ndarray:
+    """The extension's own ``decrypt_matrix``, read as decrypt_chunk reads values."""
+    fhext = glwe._fhext()
+    matrix = fhext.CompressedResultEncryptedMatrix.deserialize(result)
+    raw = fhext.decrypt_matrix(matrix, key.key, key.params._library_params(), n_outputs)
+    values = np.asarray(raw, dtype=np.uint64).reshape(n_rows, n_outputs)
+    modulus = 1 << key.params.bits
+    reduced = (values & np.uint64(modulus - 1)).astype(np.int64)
+    return np.where(reduced >= modulus // 2, reduced - modulus, reduced)
+
+
+@pytest.mark.fhe
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_decryption_equals_the_librarys_on_real_and_forged_results(
+    round_keys, encrypted, n_outputs
+):
+    params, key, compression = round_keys
+    w = weights()[:, :n_outputs]
+    result = glwe.multiply_chunk(compression, encrypted[0], w)
+    ours = glwe.decrypt_chunk(key, result, n_rows=CHUNK, n_outputs=n_outputs)
+    assert np.array_equal(ours, _library_decryption(key, result, CHUNK, n_outputs))
+    assert np.array_equal(ours, features()[:CHUNK].astype(np.int64) @ w)
+    # Any coefficients at all (every bit position of the packing, values that round either
+    # way, wrap, or land on the sign boundary): the same values as the library's.
+    words = np.frombuffer(result, dtype="<u8").copy()
+    table = words[1:].reshape(CHUNK, -1)
+    count = -(-(2048 + n_outputs) * params.output_storage_bits // 64)
+    rng = np.random.default_rng(n_outputs)
+    table[:, 2 : 2 + count] = rng.integers(0, 2**64, (CHUNK, count), dtype=np.uint64)
+    forged = words.tobytes()
+    ours = glwe.decrypt_chunk(key, forged, n_rows=CHUNK, n_outputs=n_outputs)
+    assert np.array_equal(ours, _library_decryption(key, forged, CHUNK, n_outputs))
 
 
 @pytest.mark.fhe

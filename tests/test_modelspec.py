@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from fhe_toolkit.errors import FundError, RegistryError, SpecError
-from fhe_toolkit.fhe.codecs import SpecCodec
+from fhe_toolkit.fhe.codecs import SpecCodec, build_quantizer, dequantize
 from fhe_toolkit.fund import Fund
 from fhe_toolkit.participant import compile_model, export_model, train_model
-from fhe_toolkit.protocol.modelspec import load_spec
+from fhe_toolkit.protocol.modelspec import QuantizerSpec, load_spec
 from tests.identities import enroll
 
 
@@ -108,6 +108,19 @@ def test_fund_side_quantization_equals_the_participants(exported, tournament):
     ours = SpecCodec(spec).quantize(live[spec.features].to_numpy())
     theirs = exported[1].estimator.quantize_input(live[spec.features].to_numpy(np.float32))
     np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("scale", "zero_point"),
+    [(0.0123, 7), (3e-5, -2.5), ([0.5, 0.25, 1e-3], [[1.0, -3.0, 0.0]]), ([0.1], 0)],
+)
+def test_decoding_dequantizes_as_concrete_ml_does(scale, zero_point):
+    """The fund decodes without Concrete ML: the same floats, bit for bit, as its quantizer."""
+    spec = QuantizerSpec(n_bits=8, is_signed=True, scale=scale, zero_point=zero_point, offset=0)
+    values = np.random.default_rng(0).integers(-300, 300, size=(50, 3))
+    expected = build_quantizer(spec).dequant(values)
+    np.testing.assert_array_equal(dequantize(spec, values), expected)
+    assert dequantize(spec, values).dtype == expected.dtype
 
 
 @pytest.mark.parametrize(

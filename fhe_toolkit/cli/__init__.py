@@ -56,11 +56,15 @@ def friendly_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except FheToolkitError as exc:
-            root = click.get_current_context().find_root()
-            verbose = bool(root.params.get("verbose"))
-            raise ToolkitClickError(_describe(exc) if verbose else str(exc)) from exc
+            raise ToolkitClickError(error_message(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def error_message(error: FheToolkitError) -> str:
+    """The error's message; with ``--verbose``, followed by the chain of causes."""
+    root = click.get_current_context().find_root()
+    return _describe(error) if root.params.get("verbose") else str(error)
 
 
 def _describe(error: BaseException) -> str:

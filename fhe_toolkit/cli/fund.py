@@ -14,6 +14,7 @@ import pandas as pd
 from fhe_toolkit.cli import (
     ToolkitClickError,
     console,
+    error_message,
     friendly_errors,
     notes,
     progress_bar,
@@ -22,6 +23,7 @@ from fhe_toolkit.cli import (
 from fhe_toolkit.cli.display import format_option, print_frame
 from fhe_toolkit.cli.options import live_option, scheduler_option, workers_option
 from fhe_toolkit.data import load_tournament
+from fhe_toolkit.errors import FheToolkitError
 from fhe_toolkit.fhe.keystore import KeyStore
 from fhe_toolkit.fund import Fund, fund_benchmark
 from fhe_toolkit.fund.base import MAX_PACKED_PER_PARTICIPANT
@@ -97,7 +99,7 @@ def fund() -> None:
     1. fhe-toolkit fund add-participant alice --public-key alice.pem.pub
     2. fhe-toolkit fund register SPEC.json --participant alice --stake 100
     3. fhe-toolkit fund open-round R1 --live live.parquet    (signed bundles to hand out)
-    4. fhe-toolkit fund receive R1 SUBMISSION_DIR            (per submission)
+    4. fhe-toolkit fund receive R1 SUBMISSION_DIR...         (one or several submissions)
     5. fhe-toolkit fund score R1 --live live.parquet --targets live_targets.parquet
     6. fhe-toolkit fund leaderboard; fhe-toolkit fund report --out report.html
     """
@@ -338,26 +340,50 @@ def open_round(
 
 @fund.command("receive")
 @click.argument("round_id")
-@click.argument("submission_dir", type=click.Path(path_type=Path))
+@click.argument(
+    "submission_dirs", metavar="SUBMISSION_DIR...", nargs=-1, required=True,
+    type=click.Path(path_type=Path),
+)  # fmt: skip
 @workers_option("decryption")
 @scheduler_option("the decryption of circuit models' outputs")
 @with_existing_fund
 def receive(
-    fund: Fund, round_id: str, submission_dir: Path, workers: int | None, scheduler: str | None
+    fund: Fund,
+    round_id: str,
+    submission_dirs: tuple[Path, ...],
+    workers: int | None,
+    scheduler: str | None,
 ) -> None:
-    """Check a submission, decrypt it once (then retire its keys) and keep the predictions.
+    """Check each submission, decrypt it once (then retire its keys) and keep the predictions.
 
     Refused before decryption: a tampered or truncated file, another round, model or bundle, a
     signature that is not the model owner's, a model already received, a closed round or one
     past its deadline. The submission is kept as sent. A receive that was cut off (killed,
     machine down) is finished or rolled back by running the command again.
+
+    Give several SUBMISSION_DIRs to receive them in one go: the start-up (the worker processes,
+    the libraries) is paid once, and each is received or refused on its own; the exit status is
+    2 if any was refused.
     """
-    with progress_bar("rows") as progress:
-        predictions = fund.receive(
-            round_id, submission_dir, workers=workers, scheduler=scheduler,
-            on_progress=progress_reporter(progress, "decrypting"),
-        )  # fmt: skip
-    console.print(f"received {len(predictions):,} predictions of {predictions.name} for {round_id}")
+    refused = 0
+    for submission_dir in submission_dirs:
+        try:
+            with progress_bar("rows") as progress:
+                predictions = fund.receive(
+                    round_id, submission_dir, workers=workers, scheduler=scheduler,
+                    on_progress=progress_reporter(progress, "decrypting"),
+                )  # fmt: skip
+        except FheToolkitError as exc:
+            if len(submission_dirs) == 1:
+                raise
+            refused += 1
+            notes.print(f"[red]refused {submission_dir}:[/red] {error_message(exc)}")
+            continue
+        console.print(
+            f"received {len(predictions):,} predictions of {predictions.name} for {round_id}"
+        )
+    if refused:
+        raise ToolkitClickError(f"{refused} of {len(submission_dirs)} submissions refused")
 
 
 @fund.command("close-round")

@@ -1,11 +1,14 @@
 """Specs turned into arithmetic: quantize what the fund encrypts, decode what it decrypts.
 
 The specs (:mod:`fhe_toolkit.protocol`) are plain data; here they become Concrete ML quantizers,
-with Concrete ML's own arithmetic, so the fund's integers are exactly the participant's.
+with Concrete ML's own arithmetic, so the fund's integers are exactly the participant's. Decoding
+repeats Concrete ML's dequantization in NumPy (:func:`dequantize`), so that receiving
+submissions does not import Concrete ML.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -21,11 +24,7 @@ def build_quantizer(spec: QuantizerSpec) -> Any:
     from concrete.ml.quantization.quantizers import UniformQuantizer
 
     values = spec.model_dump()
-    values["scale"] = (
-        np.asarray(spec.scale, dtype=np.float64)
-        if isinstance(spec.scale, list)
-        else np.float64(spec.scale)
-    )
+    values["scale"] = _scale(spec)
     values["zero_point"] = (
         np.asarray(spec.zero_point, dtype=np.float64)
         if isinstance(spec.zero_point, list)
@@ -34,14 +33,36 @@ def build_quantizer(spec: QuantizerSpec) -> Any:
     return UniformQuantizer.load_dict({k: v for k, v in values.items() if v is not None})
 
 
+def dequantize(spec: QuantizerSpec, values: np.ndarray) -> np.ndarray:
+    """Concrete ML 1.9.0's ``UniformQuantizer.dequant`` with ``spec``'s parameters:
+    ``scale · (q − zero_point)`` in float64, the same operations in the same order, so the
+    result is Concrete ML's bit for bit (tested against it). Written out because decoding a
+    decrypted submission must not import Concrete ML (and torch): seconds per receiving process.
+    """
+    return _scale(spec) * (np.asarray(values) - np.asarray(spec.zero_point, dtype=np.float64))
+
+
+def _scale(spec: QuantizerSpec) -> Any:
+    """The scale as Concrete ML's quantizers hold it: float64, an array when per channel."""
+    if isinstance(spec.scale, list):
+        return np.asarray(spec.scale, dtype=np.float64)
+    return np.float64(spec.scale)
+
+
 class SpecCodec:
-    """The fund's side of a spec: quantize feature rows, decode decrypted outputs."""
+    """The fund's side of a spec: quantize feature rows, decode decrypted outputs.
+
+    Only quantizing (opening a round) builds Concrete ML's quantizers; decoding needs no
+    Concrete ML (:func:`dequantize`).
+    """
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.family = spec.family_info
-        self.input_quantizers = [build_quantizer(q) for q in spec.input_quantizers]
-        self.output_quantizer = build_quantizer(spec.output_quantizer)
+
+    @functools.cached_property
+    def input_quantizers(self) -> list[Any]:
+        return [build_quantizer(q) for q in self.spec.input_quantizers]
 
     def quantize(self, features: np.ndarray) -> np.ndarray:
         """Feature rows (n × n_features) to the circuit's integers, as Concrete ML does.
@@ -63,7 +84,7 @@ class SpecCodec:
 
     def decode(self, decrypted: np.ndarray) -> np.ndarray:
         """Decrypted integers (rows × outputs) to one prediction per row."""
-        return post_process(self.family, self.output_quantizer.dequant(np.asarray(decrypted)))
+        return post_process(self.family, dequantize(self.spec.output_quantizer, decrypted))
 
 
 class TrainingCodec:
@@ -74,7 +95,6 @@ class TrainingCodec:
         self.x, self.y, self.weights, self.bias = (
             build_quantizer(q) for q in spec.input_quantizers
         )
-        self.out_weights, self.out_bias = (build_quantizer(q) for q in spec.output_quantizers)
 
     def quantize_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         b, n = self.spec.batch_size, len(self.spec.features)
@@ -90,8 +110,9 @@ class TrainingCodec:
 
     def decode(self, weights: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, float]:
         """Decrypted integers to the trained coefficients (one per feature) and intercept."""
-        coef = np.asarray(self.out_weights.dequant(np.asarray(weights)), dtype=np.float64)
-        intercept = np.asarray(self.out_bias.dequant(np.asarray(bias)), dtype=np.float64)
+        out_weights, out_bias = self.spec.output_quantizers
+        coef = np.asarray(dequantize(out_weights, weights), dtype=np.float64)
+        intercept = np.asarray(dequantize(out_bias, bias), dtype=np.float64)
         return coef.reshape(-1), float(intercept.reshape(-1)[0])
 
 

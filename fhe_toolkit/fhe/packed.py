@@ -14,6 +14,7 @@ packed decryption (or when the round is resolved).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Callable
@@ -147,9 +148,24 @@ def verify_products(features: np.ndarray, spec: LinearSpec, products: np.ndarray
 
     ``features``: the live rows' clear values of the spec's features, in its order.
     """
-    verifier = LinearVerifier(np.asarray(features, dtype=np.int64), spec.weight_bound)
+    verifier = _verifier(np.ascontiguousarray(features), spec.weight_bound)
     weights: np.ndarray = verifier.verify(np.asarray(products, dtype=np.int64).reshape(-1, 1))
     return weights.ravel()
+
+
+_VERIFIERS: dict[tuple[Any, ...], LinearVerifier] = {}
+
+
+def _verifier(features: np.ndarray, bound: int) -> LinearVerifier:
+    """The verifier of these exact features and bound, kept for the next model that uses them:
+    its factorization is most of a model's verification (seconds at Numerai's width), and a
+    round's models mostly read the same features. One is kept (hundreds of MB at full width)."""
+    key = (features.shape, features.dtype.str, bound, hashlib.sha256(features).hexdigest())
+    verifier = _VERIFIERS.get(key)
+    if verifier is None:
+        _VERIFIERS.clear()
+        verifier = _VERIFIERS[key] = LinearVerifier(features.astype(np.int64), bound)
+    return verifier
 
 
 def load_weights(path: Path, spec: LinearSpec) -> np.ndarray:

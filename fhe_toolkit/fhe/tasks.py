@@ -9,6 +9,7 @@ access to the caller's files.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,9 @@ import numpy as np
 
 from fhe_toolkit.fhe.engine import Blob, local_path, read_bytes
 from fhe_toolkit.fhe.keystore import generate_keys
+
+TFHERS_SPECS = "tfhers_specs"
+"""The key under which concrete.fhe's client specs carry TFHE-rs interoperability specs."""
 
 
 @dataclass(frozen=True)
@@ -71,16 +75,25 @@ class DecryptTask:
         return DecryptTask(_blob(self.client_specs), _blob(self.keyset))
 
     def setup(self) -> Callable[[Any], Any]:
-        from concrete import fhe
+        # concrete.compiler's client alone: what fhe.Client.decrypt calls, without importing
+        # concrete.fhe (and torch), seconds of start-up in every worker of every receive.
+        from concrete.compiler import ClientProgram, Keyset, ProgramInfo, TransportValue
 
-        client = fhe.Client(fhe.ClientSpecs.deserialize(read_bytes(self.client_specs)))
-        client.keys = fhe.Keys.deserialize(read_bytes(self.keyset))
+        specs = json.loads(read_bytes(self.client_specs))
+        specs.pop(TFHERS_SPECS, None)  # fhe.ClientSpecs keeps these aside; decryption needs none
+        info = ProgramInfo.deserialize(json.dumps(specs).encode())
+        (function,) = info.function_list()
+        keys = Keyset.deserialize(read_bytes(self.keyset))
+        circuit = ClientProgram.create_encrypted(info, keys).get_client_circuit(function)
+
+        def output(data: bytes, position: int) -> np.ndarray:
+            value = circuit.process_output(TransportValue.deserialize(data), position)
+            return np.asarray(value.to_py_val()).astype(np.int64)
 
         def decrypt(item: bytes | tuple[bytes, ...]) -> np.ndarray | tuple[np.ndarray, ...]:
             if isinstance(item, bytes):
-                return np.asarray(client.decrypt(fhe.Value.deserialize(item)))
-            values = client.decrypt(*(fhe.Value.deserialize(b) for b in item))
-            return tuple(np.asarray(v) for v in values)
+                return output(item, 0)
+            return tuple(output(data, position) for position, data in enumerate(item))
 
         return decrypt
 
