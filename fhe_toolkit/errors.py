@@ -115,6 +115,21 @@ class FundError(FheToolkitError, ValueError):
     """A fund operation refused, with the reason."""
 
 
+class AnswerRefused(FundError):
+    """A decrypted answer the fund refuses (raised inside the receive path, which records
+    ``detail``, what the participant is told, retires the keys, and raises a
+    :class:`FundError` with ``message``, why, for whoever runs the receive)."""
+
+    def __init__(self, detail: str, message: str) -> None:
+        super().__init__(message)
+        self.detail, self.message = detail, message
+
+
+class DryRunRefusal(FundError):
+    """A check of a spec's dry run that failed, inside the dry run's worker process (its
+    message says which)."""
+
+
 class RegistryError(FheToolkitError, ValueError):
     """A record that does not exist, exists already, or cannot change as asked."""
 

@@ -160,7 +160,12 @@ def _verifier(features: np.ndarray, bound: int) -> LinearVerifier:
     """The verifier of these exact features and bound, kept for the next model that uses them:
     its factorization is most of a model's verification (seconds at Numerai's width), and a
     round's models mostly read the same features. One is kept (hundreds of MB at full width)."""
-    key = (features.shape, features.dtype.str, bound, hashlib.sha256(features).hexdigest())
+    key = (
+        features.shape,
+        features.dtype.str,
+        bound,
+        hashlib.sha256(np.ascontiguousarray(features).tobytes()).hexdigest(),
+    )
     verifier = _VERIFIERS.get(key)
     if verifier is None:
         _VERIFIERS.clear()

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from fhe_toolkit.errors import (
+    AnswerRefused,
     FundError,
     IdentityError,
     KeyStoreError,
@@ -63,15 +64,6 @@ class Stage(Enum):
     DECRYPTING = "decrypting"
     DONE = "done"
     """Received or refused after decryption: final."""
-
-
-class Refused(Exception):
-    """Raised by :meth:`Slot.decrypt`: the decrypted answer is refused. ``detail`` is recorded
-    (what a participant is told), ``message`` says why to whoever runs the receive."""
-
-    def __init__(self, detail: str, message: str) -> None:
-        super().__init__(message)
-        self.detail, self.message = detail, message
 
 
 class Slot(ABC):
@@ -113,7 +105,7 @@ class Slot(ABC):
 
     @abstractmethod
     def decrypt(self, kept: Artifact) -> Any:
-        """The decrypted output of the kept copy; :class:`Refused` if it cannot be used."""
+        """The decrypted output of the kept copy; :class:`AnswerRefused` if it cannot be used."""
 
     @abstractmethod
     def store(self, output: Any) -> None:
@@ -199,7 +191,7 @@ def _finish_cut_off(slot: Slot, answer: Artifact) -> tuple[str | None, Any]:
 def _decrypt(slot: Slot, kept: Artifact) -> Any:
     try:
         output = slot.decrypt(kept)
-    except Refused as refusal:
+    except AnswerRefused as refusal:
         slot.refuse(refusal.detail)
         slot.retire_keys()
         raise FundError(refusal.message) from None

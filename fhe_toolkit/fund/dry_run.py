@@ -50,10 +50,11 @@ import pandas as pd
 
 import fhe_toolkit
 from fhe_toolkit.data.schema import FEATURE_VALUES
-from fhe_toolkit.errors import FundError, SpecError
+from fhe_toolkit.errors import DryRunRefusal, FundError, PackedError, SpecError
 from fhe_toolkit.fhe.codecs import SpecCodec
-from fhe_toolkit.fhe.glwe import PackedError, choose_params
-from fhe_toolkit.fund.rounds import _encrypt_rows
+from fhe_toolkit.fhe.glwe import choose_params
+from fhe_toolkit.fhe.tasks import keygen_and_encrypt
+from fhe_toolkit.fund.rounds import ModelRowsOf
 from fhe_toolkit.protocol.modelspec import (
     MAX_FEATURES,
     MAX_WEIGHT_BITS,
@@ -292,14 +293,9 @@ def _say(message: dict[str, Any]) -> None:
 def _exercise(spec: ModelSpec, steps: _Steps) -> dict[str, Any]:
     """Do what ``open-round`` and ``receive`` do with the spec, on made-up rows."""
     with steps.step(LOADING):
-        from concrete import fhe
+        import concrete.fhe  # noqa: F401  (loaded here: its time and memory are this step's)
 
         codec = SpecCodec(spec)  # Concrete ML's quantizers
-    with steps.step("key generation"):
-        client = fhe.Client(fhe.ClientSpecs.deserialize(spec.client_specs_bytes()))
-        client.keygen()
-        evaluation_keys = len(client.evaluation_keys.serialize())
-        client.keys.serialize()  # as the key store does; dropped at once
     circuit = spec.client_specs.circuit
     with steps.step("quantizing feature values"):
         low, high = FEATURE_VALUES
@@ -313,20 +309,23 @@ def _exercise(spec: ModelSpec, steps: _Steps) -> dict[str, Any]:
         encoding = circuit.inputs[0].encoding
         smallest, largest = encoding.bounds
         if quantized.min() < smallest or quantized.max() > largest:
-            raise _Refusal(
+            raise DryRunRefusal(
                 f"the input quantizers turn feature values {low}..{high} into "
                 f"{quantized.min()}..{quantized.max()}, but the circuit takes "
                 f"{encoding.describe()}"
             )
-    with steps.step("encrypting a batch"):
-        _, ciphertexts = _encrypt_rows(client, spec, rows, lambda done, total: None)
+    with steps.step("key generation and encrypting a batch"):
+        # What open-round's task does for the model: the same keys, the same encryption.
+        encrypted = keygen_and_encrypt(ModelRowsOf([spec], {spec.name: codec}, rows)[0])
+        evaluation_keys = len(encrypted.evaluation_keys)
+        ciphertexts = encrypted.ciphertexts
     with steps.step("decoding outputs"):
         output = circuit.outputs[0]
         for extreme in output.encoding.bounds:
             predictions = codec.decode(np.full(output.shape, extreme, dtype=np.int64))
             finite = int(np.isfinite(predictions).sum())
             if predictions.shape != (spec.batch_size,) or finite != spec.batch_size:
-                raise _Refusal(
+                raise DryRunRefusal(
                     f"decoding the circuit's output of shape {output.shape} (all {extreme}) "
                     f"gives {predictions.size} prediction(s), {finite} finite, not "
                     f"{spec.batch_size} finite ones"
@@ -341,10 +340,6 @@ def _exercise(spec: ModelSpec, steps: _Steps) -> dict[str, Any]:
     }
 
 
-class _Refusal(Exception):
-    """A check of the dry run that failed (its message says which)."""
-
-
 def main(argv: list[str]) -> int:
     """The worker: limit this process, read the spec from stdin, exercise it, say how it went."""
     memory_bytes, seconds = int(argv[0]), float(argv[1])
@@ -354,12 +349,12 @@ def main(argv: list[str]) -> int:
         with steps.step("reading the spec"):
             spec = model_spec_from(json.loads(sys.stdin.buffer.read()), "the spec")
             if not isinstance(spec, ModelSpec):
-                raise _Refusal("a packed linear spec has no circuit to try")
+                raise DryRunRefusal("a packed linear spec has no circuit to try")
         measured = _exercise(spec, steps)
     except MemoryError:
         _say({"result": {"ok": False, "reason": f"MemoryError during {steps.current}"}})
         return 1
-    except _Refusal as exc:
+    except DryRunRefusal as exc:
         _say({"result": {"ok": False, "reason": str(exc)}})
         return 1
     except Exception as exc:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fhe_toolkit.errors import FundError
+from fhe_toolkit.errors import AnswerRefused, FundError, PackedError
 from fhe_toolkit.fhe.codecs import LinearCodec, SpecCodec
-from fhe_toolkit.fhe.glwe import PackedError, RoundKey, decrypt_chunk
+from fhe_toolkit.fhe.glwe import RoundKey, decrypt_chunk
 from fhe_toolkit.fhe.packed import (
     PACKED_KEYS,
     PADDING_PREFIX,
@@ -23,7 +23,6 @@ from fhe_toolkit.fhe.packed import (
     verify_products,
 )
 from fhe_toolkit.fund.answers import (
-    Refused,
     Slot,
     Stage,
     check_binding,
@@ -177,7 +176,7 @@ class RoundSubmission(Slot):
     def decrypt(self, kept: Artifact) -> pd.Series:
         values = self._values(kept.batches()["ciphertext"].tolist())
         if not np.all(np.isfinite(values)):
-            raise Refused(
+            raise AnswerRefused(
                 "non-finite predictions",
                 f"{self.model!r}'s decrypted predictions contain NaN or infinity.",
             )
@@ -231,7 +230,7 @@ class CircuitSubmission(RoundSubmission):
             workers=self.workers, on_done=self._report(), scheduler=self.scheduler,
         )  # fmt: skip
         if failures:
-            raise Refused(
+            raise AnswerRefused(
                 "outputs could not be decrypted",
                 f"{len(failures)} batch(es) of {self.model!r}'s submission could not be "
                 f"decrypted (first: batch {failures[0].position}: {failures[0].reason}); the "
@@ -269,7 +268,7 @@ class PackedSubmission(RoundSubmission):
             try:
                 products.append(decrypt_chunk(key, ciphertext, n_rows=rows)[:, 0])
             except PackedError as exc:
-                raise Refused(
+                raise AnswerRefused(
                     "outputs could not be decrypted",
                     f"batch {batch} of {self.model!r}'s submission could not be decrypted "
                     f"({exc}); it was not computed from this round's packed features. The model "
@@ -283,7 +282,7 @@ class PackedSubmission(RoundSubmission):
         try:
             verify_products(live.to_numpy(), self.spec, decrypted)
         except PackedError as exc:
-            raise Refused(
+            raise AnswerRefused(
                 "not a linear model within its declared bounds",
                 f"{self.model!r}'s decrypted outputs are refused: {exc} A packed submission "
                 "must be the round's features times the model's own integer weights.",

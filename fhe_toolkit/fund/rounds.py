@@ -234,7 +234,7 @@ class Rounds(FundBase):
 
         on_progress(0, rows * len(specs))
         failures = run_rows(
-            KeygenEncryptTask(), _ModelRowsOf(specs, codecs, frame), range(len(specs)), keep,
+            KeygenEncryptTask(), ModelRowsOf(specs, codecs, frame), range(len(specs)), keep,
             workers=workers, chunk_size=1, on_done=count, scheduler=scheduler,
             # Models are independent: a hostile spec that crashes Concrete's key generation
             # says nothing about the next model's, so no run of crashes stops the round.
@@ -360,7 +360,7 @@ class Rounds(FundBase):
         self.db.close_round(round_id)
 
 
-class _ModelRowsOf(Sequence[ModelRows]):
+class ModelRowsOf(Sequence[ModelRows]):
     """Each model's quantized live rows, made when the engine sends the model's task (so that
     hundreds of models' rows are never all in memory at once)."""
 

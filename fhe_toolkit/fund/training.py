@@ -33,12 +33,11 @@ import numpy as np
 import pandas as pd
 
 from fhe_toolkit.data import load_tournament
-from fhe_toolkit.errors import FundError
+from fhe_toolkit.errors import AnswerRefused, FundError
 from fhe_toolkit.fhe.codecs import TrainingCodec, plan_batches
 from fhe_toolkit.fhe.keystore import TRAINING_KEYS
 from fhe_toolkit.fhe.versions import check_versions, package_versions
 from fhe_toolkit.fund.answers import (
-    Refused,
     Slot,
     Stage,
     check_binding,
@@ -304,7 +303,7 @@ class TrainingResult(Slot):
             [(kept.read(WEIGHTS), kept.read(BIAS))], workers=1,
         )  # fmt: skip
         if failures:
-            raise Refused(
+            raise AnswerRefused(
                 "the result could not be decrypted",
                 f"the result of training job {self.job_id!r} could not be decrypted "
                 f"({failures[0].reason}): it was not computed by this job's circuit with its "
@@ -312,7 +311,7 @@ class TrainingResult(Slot):
             )
         coef, intercept = TrainingCodec(spec).decode(*decrypted[0])
         if not (np.all(np.isfinite(coef)) and np.isfinite(intercept)):
-            raise Refused(
+            raise AnswerRefused(
                 "non-finite weights",
                 f"the decrypted weights of job {self.job_id!r} are not finite.",
             )
