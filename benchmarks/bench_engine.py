@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from fhe_toolkit.fhe import engine  # noqa: E402
 from fhe_toolkit.fhe.tasks import ServerTask  # noqa: E402
-from tests.jobs_for_tests import EchoJob, tiny_circuit  # noqa: E402
+from tests.tasks_for_tests import EchoTask, tiny_circuit  # noqa: E402
 
 WORKERS = 2
 RowsRunner = Callable[..., Any]
@@ -112,13 +112,13 @@ def measure(engines: dict[str, tuple[RowsRunner, Callable[[], None]]], work: dic
 
     for name, (run, fresh) in engines.items():
         fresh()
-        record(name, "start_up_fresh_s", timed(run, EchoJob(), echo[:1], 1))
-        timed(run, EchoJob(), echo[: WORKERS * 4], 1)  # warm: every worker has run a task
+        record(name, "start_up_fresh_s", timed(run, EchoTask(), echo[:1], 1))
+        timed(run, EchoTask(), echo[: WORKERS * 4], 1)  # warm: every worker has run a task
     for _ in range(repeats):
         for name, (run, _) in engines.items():
-            record(name, "start_up_reused_s", timed(run, EchoJob(), echo[:1], 1))
-            record(name, "noop_chunk16_s", timed(run, EchoJob(), echo, 16))
-            record(name, "noop_chunk1_s", timed(run, EchoJob(), echo[:500], 1))
+            record(name, "start_up_reused_s", timed(run, EchoTask(), echo[:1], 1))
+            record(name, "noop_chunk16_s", timed(run, EchoTask(), echo, 16))
+            record(name, "noop_chunk1_s", timed(run, EchoTask(), echo[:500], 1))
             for kind, (task, items, chunk_size) in work.items():
                 record(name, f"{kind}_s", timed(run, task, items, chunk_size))
     return [{"engine": name, **values} for name, values in figures.items()]
@@ -136,7 +136,7 @@ def dispatch_cpu(run: RowsRunner, scheduler_pid: int, tasks: int = 1000) -> dict
         return {k: sum(p.cpu_times()[:2]) for k, p in processes.items()}
 
     before = used()
-    timed(run, EchoJob(), [b"row"] * tasks, 1)
+    timed(run, EchoTask(), [b"row"] * tasks, 1)
     after = used()
     return {f"{k} CPU ms per task": 1000 * (after[k] - before[k]) / tasks for k in processes}
 

@@ -25,12 +25,12 @@ from fhe_toolkit.fund import Fund
 from fhe_toolkit.participant import compile_model, export_model, run_bundle, train_model
 from tests.cli_runner import cli, ok
 from tests.identities import enroll
-from tests.jobs_for_tests import (
-    EchoJob,
-    FileJob,
-    LoadCountJob,
-    PathJob,
-    SleepJob,
+from tests.tasks_for_tests import (
+    EchoTask,
+    FileTask,
+    LoadCountTask,
+    PathTask,
+    SleepTask,
     loaded_tasks,
     tiny_circuit,
 )
@@ -118,28 +118,28 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def test_a_run_through_the_cluster_equals_the_local_run(cluster, tmp_path, monkeypatch):
     make_files(tmp_path)
     monkeypatch.chdir(tmp_path)  # relative paths: only this directory can read them
-    job = FileJob("keys.bin", "library")
+    task = FileTask("keys.bin", "library")
     local: dict[int, str] = {}
     remote: dict[int, str] = {}
     done: list[int] = []
-    assert run_rows(job, ITEMS, range(40), local.__setitem__, workers=2, chunk_size=3) == []
+    assert run_rows(task, ITEMS, range(40), local.__setitem__, workers=2, chunk_size=3) == []
     failures = run_rows(
-        job, ITEMS, range(40), remote.__setitem__, chunk_size=3, on_done=done.append,
+        task, ITEMS, range(40), remote.__setitem__, chunk_size=3, on_done=done.append,
         scheduler=cluster.address,
     )  # fmt: skip
     assert failures == [] and remote == local and sorted(done) == list(range(40))
     with pytest.raises(WorkerSetupError, match="cannot read the task's files"):
-        run_rows(FileJob("missing.bin", "library"), ITEMS, range(2), lambda *_: None,
+        run_rows(FileTask("missing.bin", "library"), ITEMS, range(2), lambda *_: None,
                  scheduler=cluster.address)  # fmt: skip
-    with pytest.raises(WorkerSetupError, match=r"PathJob has no portable\(\)"):
-        run_rows(PathJob("keys.bin"), ITEMS, range(2), lambda *_: None, scheduler=cluster.address)
+    with pytest.raises(WorkerSetupError, match=r"PathTask has no portable\(\)"):
+        run_rows(PathTask("keys.bin"), ITEMS, range(2), lambda *_: None, scheduler=cluster.address)
 
 
 def test_each_worker_loads_once_and_forgets_after_the_call(cluster):
     from distributed import Client
 
     results: dict[int, tuple[int, str]] = {}
-    run_rows(LoadCountJob(), ITEMS, range(40), results.__setitem__, chunk_size=2,
+    run_rows(LoadCountTask(), ITEMS, range(40), results.__setitem__, chunk_size=2,
              scheduler=cluster.address)  # fmt: skip
     pids = {pid for pid, _ in results.values()}
     assert pids == set(cluster.worker_pids().values())  # both worked
@@ -157,7 +157,7 @@ def test_a_worker_killed_mid_run_costs_nothing(cluster):
         if len(results) == 6:
             os.kill(victim, signal.SIGKILL)  # an OOM killer, a lost machine
 
-    failures = run_rows(SleepJob(0.05), ITEMS, range(40), keep, chunk_size=2,
+    failures = run_rows(SleepTask(0.05), ITEMS, range(40), keep, chunk_size=2,
                         scheduler=cluster.address)  # fmt: skip
     assert failures == [] and sorted(results) == list(range(40))
     assert all(results[p].startswith(ITEMS[p] + b":") for p in range(40))
@@ -171,7 +171,7 @@ def test_a_worker_killed_mid_run_costs_nothing(cluster):
 def test_a_row_that_crashes_every_worker_is_reported_and_the_rest_completes(cluster):
     results: dict[int, bytes] = {}
     failures = run_rows(
-        EchoJob(crash=frozenset({ITEMS[5], ITEMS[22]})), ITEMS, range(40), results.__setitem__,
+        EchoTask(crash=frozenset({ITEMS[5], ITEMS[22]})), ITEMS, range(40), results.__setitem__,
         chunk_size=4, scheduler=cluster.address,
     )  # fmt: skip
     assert [f.position for f in failures] == [5, 22]
@@ -180,7 +180,7 @@ def test_a_row_that_crashes_every_worker_is_reported_and_the_rest_completes(clus
 
 
 def test_sequential_work_on_the_cluster(cluster):
-    with SequentialWorker(EchoJob(crash=frozenset({b"boom"})), scheduler=cluster.address) as w:
+    with SequentialWorker(EchoTask(crash=frozenset({b"boom"})), scheduler=cluster.address) as w:
         outputs = [w.call(f"step{i}".encode()) for i in range(3)]
         assert len({o.split(b":")[1] for o in outputs}) == 1  # stays on one worker
         assert w.call(b"x").split(b":")[1] == outputs[0].split(b":")[1]

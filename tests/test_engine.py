@@ -1,7 +1,7 @@
 """The Dask engine on this machine's local cluster: tasks travel with their files and load once
 per worker, the cluster is reused, sequential work, Ctrl-C, a script without its main guard,
-and the checks made before any work starts. (tests/test_pool.py covers rows, crashes and give-up
-rules; tests/test_cluster.py a real scheduler with two workers.)"""
+and the checks made before any work starts. (tests/test_engine_rows.py covers rows, crashes and
+give-up rules; tests/test_cluster.py a real scheduler with two workers.)"""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from fhe_toolkit.fhe.tasks import DecryptTask, KeygenEncryptTask, ServerTask
 from fhe_toolkit.fhe.versions import package_versions
 from fhe_toolkit.fund import Fund
 from tests.identities import enroll
-from tests.jobs_for_tests import EchoJob, FileJob, LoadCountJob, loaded_tasks
+from tests.tasks_for_tests import EchoTask, FileTask, LoadCountTask, loaded_tasks
 from tests.test_protocol import model_spec_raw
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,10 +60,10 @@ def test_the_local_workers_read_files_from_the_callers_directory(tmp_path, monke
     engine._local_engine(2)  # started before the caller moved to tmp_path
     make_files(tmp_path)
     monkeypatch.chdir(tmp_path)
-    job = FileJob("keys.bin", "library")  # relative paths
-    expected = {p: job.setup()(ITEMS[p]) for p in range(10)}
+    task = FileTask("keys.bin", "library")  # relative paths
+    expected = {p: task.setup()(ITEMS[p]) for p in range(10)}
     results: dict[int, str] = {}
-    assert run_rows(job, ITEMS, range(10), results.__setitem__, workers=2, chunk_size=3) == []
+    assert run_rows(task, ITEMS, range(10), results.__setitem__, workers=2, chunk_size=3) == []
     assert results == expected
 
 
@@ -93,12 +93,12 @@ def test_the_real_tasks_carry_their_files(tmp_path):
     decrypt = DecryptTask(str(keys), str(keys)).portable()
     assert isinstance(decrypt.keyset, Blob) and DecryptTask.holds_secrets
     with pytest.raises(WorkerSetupError, match=r"No such file or directory: 'missing\.bin'"):
-        run_rows(FileJob("missing.bin", library), ITEMS, range(2), lambda *_: None, workers=1)
+        run_rows(FileTask("missing.bin", library), ITEMS, range(2), lambda *_: None, workers=1)
 
 
 def test_a_task_loads_once_per_worker_and_is_dropped_after_the_call():
     results: dict[int, tuple[int, str]] = {}
-    run_rows(LoadCountJob(), ITEMS, range(40), results.__setitem__, workers=2, chunk_size=2)
+    run_rows(LoadCountTask(), ITEMS, range(40), results.__setitem__, workers=2, chunk_size=2)
     tokens_per_worker = Counter(pid for pid, _ in set(results.values()))
     assert len(tokens_per_worker) == 2 and set(tokens_per_worker.values()) == {1}
     client = engine._ENGINES["local"].client
@@ -108,9 +108,9 @@ def test_a_task_loads_once_per_worker_and_is_dropped_after_the_call():
 def test_the_local_cluster_is_reused_between_calls():
     first: dict[int, bytes] = {}
     second: dict[int, bytes] = {}
-    run_rows(EchoJob(), ITEMS, range(20), first.__setitem__, workers=2, chunk_size=2)
+    run_rows(EchoTask(), ITEMS, range(20), first.__setitem__, workers=2, chunk_size=2)
     started = time.perf_counter()
-    run_rows(EchoJob(), ITEMS, range(20), second.__setitem__, workers=2, chunk_size=2)
+    run_rows(EchoTask(), ITEMS, range(20), second.__setitem__, workers=2, chunk_size=2)
     assert time.perf_counter() - started < 1.5  # no new processes (starting them takes ~2 s)
 
     def pids(results: dict[int, bytes]) -> set[bytes]:
@@ -121,7 +121,7 @@ def test_the_local_cluster_is_reused_between_calls():
 
 def test_sequential_work_stays_on_one_worker_and_survives_a_crash():
     engine._local_engine(2)
-    with SequentialWorker(EchoJob(crash=frozenset({b"boom"}), fail=frozenset({b"bad"}))) as w:
+    with SequentialWorker(EchoTask(crash=frozenset({b"boom"}), fail=frozenset({b"bad"}))) as w:
         outputs = [w.call(f"step{i}".encode()) for i in range(4)]
         assert {o.split(b":")[1] for o in outputs} == {outputs[0].split(b":")[1]}
         with pytest.raises(WorkerCrashedError, match=r"crashed the worker \(signal 11\)"):
@@ -166,7 +166,7 @@ def test_a_round_is_not_opened_over_plain_tcp_to_another_host(tmp_path):
 def test_an_unreachable_scheduler_is_named(monkeypatch):
     monkeypatch.setattr(engine, "_CONNECT_TIMEOUT", "1s")
     with pytest.raises(EngineError, match=r"cannot reach the Dask scheduler at tcp://127\.0\.0\.1"):
-        run_rows(EchoJob(), ITEMS, range(1), lambda *_: None, scheduler="tcp://127.0.0.1:1")
+        run_rows(EchoTask(), ITEMS, range(1), lambda *_: None, scheduler="tcp://127.0.0.1:1")
 
 
 def test_scheduler_addresses_are_checked():
@@ -231,9 +231,9 @@ def run_script(tmp_path: Path, body: str, **popen: object) -> subprocess.Popen[s
 
 UNGUARDED = """\
     from fhe_toolkit.fhe.engine import run_rows
-    from tests.jobs_for_tests import EchoJob
+    from tests.tasks_for_tests import EchoTask
 
-    print(run_rows(EchoJob(), [b"a", b"b"], range(2), lambda *_: None, workers=2))
+    print(run_rows(EchoTask(), [b"a", b"b"], range(2), lambda *_: None, workers=2))
 """
 
 
@@ -256,7 +256,7 @@ INTERRUPTED = """\
     import sys
 
     from fhe_toolkit.fhe.engine import run_rows
-    from tests.jobs_for_tests import SleepJob
+    from tests.tasks_for_tests import SleepTask
 
     if __name__ == "__main__":
         done = open(sys.argv[1], "a")
@@ -265,7 +265,7 @@ INTERRUPTED = """\
             done.write(f"{position}\\n")
             done.flush()
 
-        run_rows(SleepJob(0.25), [b"x"] * 400, range(400), keep, workers=2, chunk_size=1)
+        run_rows(SleepTask(0.25), [b"x"] * 400, range(400), keep, workers=2, chunk_size=1)
 """
 
 

@@ -8,7 +8,7 @@ float one).
 Batch size: how many rows one ciphertext carries. Linear circuits cost a few milliseconds a
 row, so packing 64 rows per circuit call saves both per-call overhead and fund-side decryption
 work; tree and neural circuits cost hundreds of milliseconds a row, so one row per call keeps
-the worker pool's load balanced and its checkpoints fine-grained.
+the workers' load balanced and the checkpoints fine-grained.
 
 Post-processing (what turns dequantized circuit outputs into a prediction) is fixed here per
 family, in the toolkit's code: the fund never takes it from anything a participant sent.

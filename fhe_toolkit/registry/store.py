@@ -306,17 +306,14 @@ class Registry:
         with self.session() as s:
             record = self._round(s, name)
             bundles = {
-                model.name: BundleRecord(
+                model.name: _as_record(
+                    BundleRecord,
+                    bundle,
                     model=model.name,
                     version=version.version,
-                    key_set_id=bundle.key_set_id,
                     spec_sha256=version.spec_sha256,
                     spec_json=version.spec_json,
-                    bundle_sha256=bundle.bundle_sha256,
                     batch_ids=tuple(tuple(batch) for batch in bundle.batch_ids),
-                    stake=bundle.stake,
-                    status=bundle.status,
-                    detail=bundle.detail,
                 )
                 for bundle, model, version in s.execute(
                     select(BundleRow, ModelRow, ModelVersionRow)

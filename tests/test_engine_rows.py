@@ -7,7 +7,7 @@ import pytest
 
 from fhe_toolkit.errors import RowsCrashedError, WorkerSetupError
 from fhe_toolkit.fhe.engine import run_rows
-from tests.jobs_for_tests import BrokenSetupJob, EchoJob
+from tests.tasks_for_tests import BrokenSetupTask, EchoTask
 
 ITEMS = [f"row{i}".encode() for i in range(30)]
 
@@ -16,7 +16,7 @@ def test_every_row_once_across_workers():
     results: dict[int, bytes] = {}
     done: list[int] = []
     failures = run_rows(
-        EchoJob(), ITEMS, range(30), results.__setitem__, workers=2, chunk_size=4,
+        EchoTask(), ITEMS, range(30), results.__setitem__, workers=2, chunk_size=4,
         on_done=done.append,
     )  # fmt: skip
     assert failures == []
@@ -28,7 +28,7 @@ def test_every_row_once_across_workers():
 def test_a_segfault_costs_its_row_only():
     results: dict[int, bytes] = {}
     failures = run_rows(
-        EchoJob(crash=frozenset({ITEMS[5]})), ITEMS, range(30), results.__setitem__,
+        EchoTask(crash=frozenset({ITEMS[5]})), ITEMS, range(30), results.__setitem__,
         workers=2, chunk_size=4,
     )  # fmt: skip
     assert [f.position for f in failures] == [5]
@@ -39,7 +39,7 @@ def test_a_segfault_costs_its_row_only():
 def test_an_exception_is_reported_with_its_row():
     results: dict[int, bytes] = {}
     failures = run_rows(
-        EchoJob(fail=frozenset({ITEMS[2]})), ITEMS, range(10), results.__setitem__, workers=1
+        EchoTask(fail=frozenset({ITEMS[2]})), ITEMS, range(10), results.__setitem__, workers=1
     )
     assert [(f.position, f.reason) for f in failures] == [(2, "ValueError: bad row b'row2'")]
     assert len(results) == 9
@@ -47,16 +47,16 @@ def test_an_exception_is_reported_with_its_row():
 
 def test_only_the_positions_asked_for_run():
     results: dict[int, bytes] = {}
-    run_rows(EchoJob(), ITEMS, [3, 7, 29], results.__setitem__, workers=2)
+    run_rows(EchoTask(), ITEMS, [3, 7, 29], results.__setitem__, workers=2)
     assert sorted(results) == [3, 7, 29]
 
 
 def test_gives_up_when_every_row_crashes():
     with pytest.raises(RowsCrashedError, match="crashed on 3 row") as err:
-        run_rows(EchoJob(crash=frozenset(ITEMS)), ITEMS, range(30), lambda *_: None, workers=1)
+        run_rows(EchoTask(crash=frozenset(ITEMS)), ITEMS, range(30), lambda *_: None, workers=1)
     assert [f.position for f in err.value.failures] == [0, 1, 2]
 
 
 def test_setup_failure_is_reported():
     with pytest.raises(WorkerSetupError, match=r"server\.zip is missing"):
-        run_rows(BrokenSetupJob(), ITEMS, range(3), lambda *_: None, workers=1)
+        run_rows(BrokenSetupTask(), ITEMS, range(3), lambda *_: None, workers=1)

@@ -1,4 +1,4 @@
-"""Row jobs for the engine tests. They live in a module of their own so that worker processes
+"""Row tasks for the engine tests. They live in a module of their own so that worker processes
 (spawned locally, or `dask worker` processes started with this repository on PYTHONPATH) can
 import them."""
 
@@ -20,7 +20,7 @@ from fhe_toolkit.fhe.engine import Blob, local_path, read_bytes
 
 
 @dataclass(frozen=True)
-class EchoJob:
+class EchoTask:
     """Upper-cases rows; segfaults on rows named in ``crash``; raises on rows in ``fail``."""
 
     crash: frozenset[bytes] = frozenset()
@@ -38,13 +38,13 @@ class EchoJob:
 
 
 @dataclass(frozen=True)
-class BrokenSetupJob:
+class BrokenSetupTask:
     def setup(self) -> Callable[[bytes], bytes]:
         raise FileNotFoundError("server.zip is missing")
 
 
 @dataclass(frozen=True)
-class SleepJob:
+class SleepTask:
     """Returns each row after ``seconds``: work slow enough to interrupt or kill mid-run."""
 
     seconds: float
@@ -58,7 +58,7 @@ class SleepJob:
 
 
 @dataclass(frozen=True)
-class LoadCountJob:
+class LoadCountTask:
     """Returns (worker pid, a token made once per ``setup``): shows how often a worker loads."""
 
     def setup(self) -> Callable[[bytes], tuple[int, str]]:
@@ -71,15 +71,15 @@ class LoadCountJob:
 
 
 @dataclass(frozen=True)
-class FileJob:
+class FileTask:
     """Digests each row with a file and a directory's contents, given by path or carried as
     blobs (``portable``), like the real tasks' keys and compiled library."""
 
     data: str | Path | Blob
     folder: str | Path | Blob
 
-    def portable(self) -> FileJob:
-        return FileJob(Blob.of(self.data), Blob.of(self.folder))
+    def portable(self) -> FileTask:
+        return FileTask(Blob.of(self.data), Blob.of(self.folder))
 
     def setup(self) -> Callable[[bytes], str]:
         data = read_bytes(self.data)
@@ -97,7 +97,7 @@ class FileJob:
 
 
 @dataclass(frozen=True)
-class PathJob:
+class PathTask:
     """Reads a file by its path in ``setup``, with no ``portable()``: only where the path is."""
 
     path: str
