@@ -106,7 +106,7 @@ class Resolution(FundBase):
             self.db.close_round(round_id)
             # A submission received while the inputs were checked is scored too.
             predictions = self.predictions(round_id)
-            specs = {name: self.spec(name) for name in predictions.columns}
+            specs = round_specs(record, predictions.columns)
             _check_targets(targets_frame, live_ids, sorted({s.target for s in specs.values()}))
         notes = [
             f"{model} has no score: its submission is {bundle.status}"
