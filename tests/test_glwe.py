@@ -300,6 +300,17 @@ def test_vector_weights_give_one_column(round_keys, encrypted):
 
 
 @pytest.mark.fhe
+def test_a_chunk_multiplied_a_few_rows_per_call_gives_the_same_bytes(round_keys, encrypted):
+    _, _, compression = round_keys
+    whole = glwe.multiply_chunk(compression, encrypted[0], weights(), rows_per_call=CHUNK)
+    for rows_per_call in (1, 3):
+        pieces = glwe.multiply_chunk(
+            compression, encrypted[0], weights(), rows_per_call=rows_per_call
+        )
+        assert pieces == whole
+
+
+@pytest.mark.fhe
 def test_serialization_round_trips(round_keys, encrypted):
     params, key, compression = round_keys
     key2 = glwe.RoundKey.from_bytes(PackedParams.from_json(params.to_json()), key.to_bytes())
