@@ -24,7 +24,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["data"], ["data", "synth"], ["data", "validate"], ["score"]]
+    "command", [[], ["data"], ["data", "synth"], ["data", "validate"], ["data", "split"], ["score"]]
 )
 def test_help(command):
     result = run(*command, "--help")
@@ -41,6 +41,12 @@ def test_synth_validate_score(tmp_path):
     result = run("data", "validate", str(out / "validation.parquet"), "--feature-set", "small")
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout and "240 rows, 3 eras" in result.stdout
+    result = run("data", "split", str(out / "validation.parquet"), "--out", str(tmp_path / "eras"),
+                 "--eras", "0013,0011", "--format", "csv")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:] == [
+        f"{era},80,{tmp_path / 'eras' / f'era_{era}.parquet'}" for era in ("0011", "0013")
+    ]
 
     data = load_tournament(out / "validation.parquet")
     rng = np.random.default_rng(0)

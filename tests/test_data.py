@@ -1,8 +1,10 @@
-"""Tournament data: the validator's messages, the loader, and the synthetic generator."""
+"""Tournament data: the validator's messages, the loader, the synthetic generator, and splitting
+a file into one file per era."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,8 @@ from fhe_toolkit.data import (
     load_features_json,
     load_tournament,
     make_tournament,
+    split_eras,
+    synthesize,
     validate_tournament,
 )
 from fhe_toolkit.errors import DataValidationError
@@ -180,3 +184,75 @@ def test_synthesize_writes_files_era_by_era(synth_dir):
 def test_synth_rejects_bad_settings():
     with pytest.raises(DataValidationError, match="rows_per_era"):
         SynthConfig(rows_per_era=2)
+
+
+def test_synth_writes_each_live_era_with_its_targets(tmp_path):
+    """With several live eras, one file per era (a round each), its targets beside it in the
+    form `fund score --targets` reads, named as `data split` names them."""
+    config = SynthConfig(**{**SMALL.__dict__, "live_eras": 3})
+    paths = synthesize(tmp_path / "data", config)
+    live = load_tournament(paths["live"])
+    targets = pd.read_parquet(paths["live_targets"])
+    eras = sorted(live["era"].unique())
+    files = sorted(paths["live_eras"].iterdir())
+    assert [f.name for f in files] == [f"era_{era}.parquet" for era in eras]
+    for era, file in zip(eras, files, strict=True):
+        pd.testing.assert_frame_equal(load_tournament(file), live[live["era"] == era])
+        era_targets = pd.read_parquet(paths["live_era_targets"] / file.name)
+        pd.testing.assert_frame_equal(era_targets, targets.loc[live.index[live["era"] == era]])
+    split = split_eras(paths["live"], tmp_path / "split")
+    assert [f.path.name for f in split] == [f.name for f in files]
+    for done, file in zip(split, files, strict=True):
+        pd.testing.assert_frame_equal(pd.read_parquet(done.path), pd.read_parquet(file))
+    one = synthesize(tmp_path / "one", SMALL)
+    assert "live_eras" not in one and not (tmp_path / "one" / "live").exists()
+
+
+def test_split_writes_one_file_per_era_in_order(synth_dir, tmp_path):
+    whole = pd.read_parquet(synth_dir / "validation.parquet")
+    written = split_eras(synth_dir / "validation.parquet", tmp_path / "all")
+    assert [f.era for f in written] == sorted(whole["era"].unique())
+    assert [f.rows for f in written] == [SMALL.rows_per_era] * SMALL.validation_eras
+    pd.testing.assert_frame_equal(pd.concat(pd.read_parquet(f.path) for f in written), whole)
+    picked = split_eras(synth_dir / "validation.parquet", tmp_path / "some",
+                        eras=[written[2].era, written[0].era])  # fmt: skip
+    assert [f.era for f in picked] == [written[0].era, written[2].era]
+    assert sorted(p.name for p in (tmp_path / "some").iterdir()) == [f.path.name for f in picked]
+    # Numbers as eras: zero-padded to one width, so that listing the folder gives their order.
+    numbered = whole.assign(era=whole["era"].map({e: i for i, e in enumerate(
+        sorted(whole["era"].unique()), start=8)}))  # fmt: skip
+    numbered.to_parquet(tmp_path / "numbered.parquet")
+    written = split_eras(tmp_path / "numbered.parquet", tmp_path / "numbered")
+    assert [f.path.name for f in written] == [
+        "era_08.parquet", "era_09.parquet", "era_10.parquet", "era_11.parquet"
+    ]  # fmt: skip
+    assert list(pd.read_parquet(written[2].path)["era"].unique()) == [10]
+
+
+def test_split_refuses_what_it_cannot_split_before_writing(synth_dir, tmp_path):
+    out = tmp_path / "out"
+    source = synth_dir / "live.parquet"
+    cases = {"is a directory": synth_dir, "does not exist": tmp_path / "nothing.parquet"}
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    cases["is empty"] = tmp_path / "empty.parquet"
+    (tmp_path / "link.parquet").symlink_to(source)
+    cases["is a symbolic link"] = tmp_path / "link.parquet"
+    os.mkfifo(tmp_path / "fifo.parquet")
+    cases["not a regular file"] = tmp_path / "fifo.parquet"
+    cases["has no 'era' column"] = synth_dir / "live_targets.parquet"
+    frame = pd.read_parquet(source)
+    frame.iloc[:0].to_parquet(tmp_path / "no-rows.parquet")
+    cases["has no rows"] = tmp_path / "no-rows.parquet"
+    (tmp_path / "text.parquet").write_text("id,era\n")
+    cases["not a readable parquet file"] = tmp_path / "text.parquet"
+    for message, path in cases.items():
+        with pytest.raises(DataValidationError, match=message):
+            split_eras(path, out)
+    with pytest.raises(DataValidationError, match=r"has no era \['9999'\]; its 1 era\(s\)"):
+        split_eras(source, out, eras=["9999"])
+    assert not out.exists(), "a refused split wrote something"
+    [done] = split_eras(source, out)
+    before = done.path.read_bytes()
+    with pytest.raises(DataValidationError, match="exists already; nothing was written"):
+        split_eras(source, out)
+    assert done.path.read_bytes() == before

@@ -10,7 +10,7 @@ import click
 import pandas as pd
 
 from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
-from fhe_toolkit.cli.display import print_frame
+from fhe_toolkit.cli.display import format_option, print_frame
 from fhe_toolkit.cli.options import (
     data_option,
     default_option,
@@ -26,19 +26,25 @@ from fhe_toolkit.data import (
     target_columns,
 )
 from fhe_toolkit.data.io import FEATURES_JSON
+from fhe_toolkit.data.split import split_eras
 from fhe_toolkit.scoring import by_model, score_eras, summarize
 
 
 @click.group()
 def data() -> None:
-    """Tournament data: generate synthetic data, or check real Numerai files."""
+    """Tournament data: generate synthetic data, check real Numerai files, split one by era."""
 
 
 @data.command("synth")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @default_option("--train-eras", SynthConfig)
 @default_option("--validation-eras", SynthConfig)
-@default_option("--live-eras", SynthConfig)
+@default_option(
+    "--live-eras",
+    SynthConfig,
+    "Live eras, one round each. With more than one, each is also written on its own: "
+    "live/era_<era>.parquet, its targets in live_targets/era_<era>.parquet.",
+)
 @synthetic_data_options(
     SynthConfig,
     embargo_eras="Eras left out between train, validation and live (targets overlap).",
@@ -61,8 +67,10 @@ def data_synth(out_dir: Path, **settings: Any) -> None:
     """Write a synthetic Numerai-format tournament to OUT_DIR.
 
     Writes train.parquet, validation.parquet, live.parquet (targets blank), live_targets.parquet
-    (the fund's copy of the live targets), features.json and synth_config.json. The same seed
-    gives the same files. Large sizes are written era by era, never held whole in memory.
+    (the fund's copy of the live targets), features.json and synth_config.json; with
+    --live-eras N above 1, also one file per live era for one round each (live/, and its
+    targets for `fund score --targets` in live_targets/). The same seed gives the same files.
+    Large sizes are written era by era, never held whole in memory.
 
     Example (real Numerai scale): fhe-toolkit data synth big/ --train-eras 500
     --rows-per-era 5000 --features 780
@@ -73,8 +81,9 @@ def data_synth(out_dir: Path, **settings: Any) -> None:
         paths = synthesize(
             out_dir, config, on_era=lambda done, _: progress.update(task, completed=done)
         )
+    width = max(map(len, paths))
     for name, path in paths.items():
-        console.print(f"  {name:<13} {path}")
+        console.print(f"  {name:<{width}} {path}")
 
 
 @data.command("validate")
@@ -223,3 +232,35 @@ def _read_json(path: Path) -> Any:
 def _union(*lists: list[str] | None) -> list[str] | None:
     present = [x for x in lists if x is not None]
     return list(dict.fromkeys(c for x in present for c in x)) if present else None
+
+
+@data.command("split")
+@click.argument("path", type=click.Path(path_type=Path))
+@out_dir_option("Folder to write era_<era>.parquet files into (made if missing).")
+@click.option(
+    "--eras",
+    "era_lists",
+    multiple=True,
+    metavar="ERA[,ERA...]",
+    help="Only these eras, as labelled in the era column (e.g. 0095,0096; repeatable). "
+    "Default: every era.",
+)
+@format_option
+@friendly_errors
+def data_split(path: Path, out_dir: Path, era_lists: tuple[str, ...], output_format: str) -> None:
+    """Split PATH (live.parquet, or any tournament file) into one parquet file per era.
+
+    Each era's rows, every column kept, go to OUT/era_<era>.parquet: one round's live file
+    each, in round order when listed (labels of digits are zero-padded to one width). Refuses,
+    before writing anything, a path that is not a regular parquet file, a file with no era
+    column or no rows, an era it lacks, and files that exist already in --out.
+
+    Example: fhe-toolkit data split live.parquet --out live/
+    """
+    eras = [e.strip() for chunk in era_lists for e in chunk.split(",") if e.strip()]
+    written = split_eras(path, out_dir, eras=eras if era_lists else None)
+    frame = pd.DataFrame(
+        [{"era": f.era, "rows": f.rows, "file": str(f.path)} for f in written]
+    ).set_index("era")
+    title = f"{path}: {len(written)} era file(s)"
+    print_frame(frame, title, console, output_format=output_format)

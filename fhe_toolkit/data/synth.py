@@ -22,7 +22,9 @@ also writes it as a ``regime`` column (int8) beside ``era``, for studies such as
 lab's. It is neither a feature nor a target, so loaders and validators ignore it.
 
 Splits: train eras, an embargo gap, validation eras, another gap, live eras. Live targets go to a
-separate file (``live_targets.parquet``) that only the fund keeps.
+separate file (``live_targets.parquet``) that only the fund keeps. With more than one live era,
+each is also written on its own, one round's worth: ``live/era_<era>.parquet``, with its targets
+in ``live_targets/era_<era>.parquet`` (named as ``fhe-toolkit data split`` names them).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import pyarrow.parquet as pq
 
 from fhe_toolkit.data.io import FEATURES_JSON, FeatureMetadata
 from fhe_toolkit.data.schema import DATA_TYPE, ERA, ID, MAIN_TARGET
+from fhe_toolkit.data.split import era_file_name
 from fhe_toolkit.errors import DataValidationError
 
 GROUP_NAMES = (
@@ -51,6 +54,8 @@ UNRESOLVED_60D_ERAS = 3
 SMALL_SHARE, MEDIUM_SHARE = 42 / 2748, 780 / 2748  # Numerai v5's set sizes
 SPLIT_FILES = {"train": "train.parquet", "validation": "validation.parquet", "live": "live.parquet"}
 LIVE_TARGETS_FILE = "live_targets.parquet"
+PER_ERA_DIRS = {"live_eras": "live", "live_era_targets": "live_targets"}
+"""Where each live era and its targets go on their own, when there is more than one live era."""
 REGIME = "regime"
 """Name of the optional regime column (``SynthConfig.regime_column``)."""
 
@@ -277,10 +282,13 @@ def synthesize(
     config: SynthConfig | None = None,
     on_era: Callable[[int, int], None] | None = None,
 ) -> dict[str, Path]:
-    """Write ``train/validation/live.parquet``, ``live_targets.parquet`` and ``features.json``.
+    """Write ``train/validation/live.parquet``, ``live_targets.parquet`` and ``features.json``;
+    with more than one live era, also each live era and its targets in a file of its own
+    (``live/era_0095.parquet``, ``live_targets/era_0095.parquet``, ...: see ``PER_ERA_DIRS``).
 
     Files are written one era at a time. ``on_era(done, total)`` is called after each era, for
-    progress. Returns the written paths by name.
+    progress. Returns the written paths by name (the per-era folders as ``live_eras`` and
+    ``live_era_targets``).
     """
     config = config or SynthConfig()
     out = Path(out_dir)
@@ -288,13 +296,23 @@ def synthesize(
     total = len(config.era_splits())
     paths = {split: out / name for split, name in SPLIT_FILES.items()}
     paths["live_targets"] = out / LIVE_TARGETS_FILE
+    per_era = config.live_eras > 1
+    if per_era:
+        for name, folder in PER_ERA_DIRS.items():
+            paths[name] = out / folder
+            paths[name].mkdir(exist_ok=True)
     writers: dict[str, pq.ParquetWriter] = {}
     try:
         for done, frame in enumerate(iter_eras(config), start=1):
             split = str(frame[DATA_TYPE].iloc[0])
             if split == "live":
-                _write(writers, "live_targets", paths, frame[list(config.targets)])
+                targets = frame[list(config.targets)]
+                _write(writers, "live_targets", paths, targets)
                 frame = frame.assign(**dict.fromkeys(config.targets, np.float32(np.nan)))
+                if per_era:
+                    file = era_file_name(str(frame[ERA].iloc[0]))
+                    pq.write_table(_table(frame), paths["live_eras"] / file)
+                    pq.write_table(_table(targets), paths["live_era_targets"] / file)
             _write(writers, split, paths, frame)
             if on_era is not None:
                 on_era(done, total)
@@ -311,7 +329,11 @@ def synthesize(
 def _write(
     writers: dict[str, pq.ParquetWriter], name: str, paths: dict[str, Path], frame: pd.DataFrame
 ) -> None:
-    table = pa.Table.from_pandas(frame, preserve_index=True)
+    table = _table(frame)
     if name not in writers:
         writers[name] = pq.ParquetWriter(paths[name], table.schema)
     writers[name].write_table(table)
+
+
+def _table(frame: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(frame, preserve_index=True)
