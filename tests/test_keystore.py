@@ -357,8 +357,12 @@ def test_a_sealed_secret_altered_cut_or_moved_does_not_decrypt(tmp_path, encrypt
 
 
 def test_config_encrypts_the_key_store_from_the_command_line(tmp_path):
+    (tmp_path / "keys").mkdir(mode=0o755)  # as an older version left it
+    (tmp_path / "keys").chmod(0o755)
     result = cli("fund", "config", "--keystore-key", "ks.key", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "of the key store keys were open to other users" in result.stderr
+    assert mode(tmp_path / "keys") == 0o700
     assert "a new key store key was written to ks.key" in result.stdout
     assert (
         f"encrypted at rest (AES-256-GCM) under the key in {tmp_path / 'ks.key'}" in result.stdout
