@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fhe_toolkit.errors import FundError, RegistryError, SpecError
+from fhe_toolkit.errors import FundError, ParticipantError, RegistryError, SpecError
 from fhe_toolkit.fhe.codecs import SpecCodec, build_quantizer, dequantize
 from fhe_toolkit.fund import Fund
 from fhe_toolkit.participant import compile_model, export_model, train_model
@@ -189,3 +189,18 @@ def test_a_changed_spec_becomes_the_next_version(exported, tmp_path):
     models = fund.models()
     assert models.loc["honest", "version"] == 2 and models.loc["honest", "stake"] == 3
     assert fund.spec("honest").output_quantizer.scale == changed["output_quantizer"]["scale"]
+
+
+def test_a_model_whose_spec_the_fund_would_refuse_is_not_exported(tmp_path, tournament):
+    """17-bit inputs compile (a linear circuit has no table lookup), but the schema caps
+    quantizers at 16 bits: the participant hears it at export, and nothing is written."""
+    frame, metadata = tournament
+    train = frame[frame["data_type"] == "train"]
+    model = train_model(
+        train, family="linear", features=metadata.features("small"), packed=False,
+        params={"n_bits": 17},
+    )  # fmt: skip
+    compile_model(model, train)
+    with pytest.raises(ParticipantError, match="n_bits: Input should be less than or equal to 16"):
+        export_model(model, tmp_path / "m", "wide")
+    assert not (tmp_path / "m").exists()

@@ -127,13 +127,15 @@ def prove_usable(spec: AnyModelSpec, limits: DryRunLimits | None = None) -> DryR
 def max_packable_weight_bits() -> int:
     """The widest weights for which a packed round of :data:`MAX_FEATURES` features has exact
     parameters."""
-    for bits in range(MAX_WEIGHT_BITS, 1, -1):
+
+    def fits(bits: int) -> bool:
         try:
             choose_params(MAX_FEATURES, 2 ** (bits - 1) - 1)
         except PackedError:
-            continue
-        return bits
-    return 1
+            return False
+        return True
+
+    return max(bits for bits in range(2, MAX_WEIGHT_BITS + 1) if fits(bits))
 
 
 def _check_packable(spec: LinearSpec) -> DryRunReport:
@@ -257,16 +259,19 @@ def _last_step(stdout: bytes) -> str:
 
 # --- the worker itself --------------------------------------------------------------------------
 def _limit(memory_bytes: int, seconds: float) -> None:
-    """This process's own limits: no core dump, data memory, CPU time on every core."""
+    """This process's own limits: no core dump, data memory, CPU time on every core (SIGXCPU
+    at the limit, SIGKILL a few seconds later)."""
 
-    def lower(kind: int, value: int) -> None:
-        _, hard = resource.getrlimit(kind)
-        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        resource.setrlimit(kind, (value, value if hard == resource.RLIM_INFINITY else hard))
+    def lower(kind: int, soft: int, hard: int) -> None:
+        _, current = resource.getrlimit(kind)
+        if current != resource.RLIM_INFINITY:
+            soft, hard = min(soft, current), min(hard, current)
+        resource.setrlimit(kind, (soft, hard))
 
-    lower(resource.RLIMIT_CORE, 0)
-    lower(resource.RLIMIT_DATA, memory_bytes)
-    lower(resource.RLIMIT_CPU, math.ceil(seconds) * (os.cpu_count() or 1))
+    cpu = math.ceil(seconds) * (os.cpu_count() or 1)
+    lower(resource.RLIMIT_CORE, 0, 0)
+    lower(resource.RLIMIT_DATA, memory_bytes, memory_bytes)
+    lower(resource.RLIMIT_CPU, cpu, cpu + 5)
 
 
 class _Steps:

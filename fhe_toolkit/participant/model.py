@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from fhe_toolkit.data.schema import ERA
 from fhe_toolkit.errors import ParticipantError
@@ -41,6 +42,7 @@ from fhe_toolkit.protocol.modelspec import (
     Neutralization,
     QuantizerSpec,
     load_spec,
+    problems_of,
 )
 from fhe_toolkit.scoring import neutralize_for_scoring, score_eras, summarize
 
@@ -286,18 +288,24 @@ def _export_circuit(
     from concrete.ml.deployment import FHEModelDev
 
     estimator = model.estimator
-    spec = ModelSpec(
-        name=name,
-        family=model.family.name,
-        target=model.target,
-        features=model.features,
-        batch_size=model.family.batch_size,
-        input_quantizers=[QuantizerSpec.from_quantizer(q) for q in estimator.input_quantizers],
-        output_quantizer=QuantizerSpec.from_quantizer(estimator.output_quantizers[0]),
-        client_specs=json.loads(estimator.fhe_circuit.client.specs.serialize()),
-        versions=package_versions(),
-        neutralization=neutralization,
-    )
+    try:
+        spec = ModelSpec(
+            name=name,
+            family=model.family.name,
+            target=model.target,
+            features=model.features,
+            batch_size=model.family.batch_size,
+            input_quantizers=[QuantizerSpec.from_quantizer(q) for q in estimator.input_quantizers],
+            output_quantizer=QuantizerSpec.from_quantizer(estimator.output_quantizers[0]),
+            client_specs=json.loads(estimator.fhe_circuit.client.specs.serialize()),
+            versions=package_versions(),
+            neutralization=neutralization,
+        )
+    except ValidationError as exc:
+        raise ParticipantError(
+            f"this model's spec is outside what the fund accepts: {problems_of(exc)}. Use the "
+            "family's default settings (e.g. n_bits of at most 16)."
+        ) from None
     deployment.parent.mkdir(parents=True, exist_ok=True)
     FHEModelDev(str(deployment), estimator).save()
     ensure_server_library(deployment, estimator.fhe_circuit.server)

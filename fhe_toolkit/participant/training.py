@@ -52,7 +52,7 @@ from fhe_toolkit.protocol.artifacts import (
     write_artifact,
 )
 from fhe_toolkit.protocol.families import get_family
-from fhe_toolkit.protocol.modelspec import QuantizerSpec, read_spec
+from fhe_toolkit.protocol.modelspec import QuantizerSpec, problems_of, read_spec
 from fhe_toolkit.protocol.signing import load_private_key, sign_directory
 from fhe_toolkit.protocol.training_spec import TrainedWeights, TrainingSpec
 
@@ -147,8 +147,7 @@ def compile_training_job(job: TrainingJob, out_dir: str | Path, name: str) -> Tr
             versions=package_versions(),
         )
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ParticipantError(f"the training job is not valid: {problems}") from None
+        raise ParticipantError(f"the training job is not valid: {problems_of(exc)}") from None
     out.mkdir(parents=True, exist_ok=True)
     FHEModelDev(str(deployment), model).save(mode="training")
     ensure_server_library(deployment, module.fhe_circuit.server)

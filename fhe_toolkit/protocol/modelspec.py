@@ -391,15 +391,18 @@ def validate_spec(raw: object, spec_type: type[S], source: str) -> S:
     try:
         return spec_type.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'spec'}: "
-            f"{err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors()[:8]
-        )
         raise SpecError(
-            f"{source} is not a valid {spec_type.KIND}: {problems}. Send the spec as "
+            f"{source} is not a valid {spec_type.KIND}: {problems_of(exc)}. Send the spec as "
             "`fhe-toolkit participant train` wrote it."
         ) from None
+
+
+def problems_of(exc: ValidationError, most: int = 8) -> str:
+    """The first ``most`` problems of a validation, each as ``field.path: what is wrong``."""
+    return "; ".join(
+        f"{'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()[:most]
+    )
 
 
 def _json_type(value: object) -> str:
