@@ -27,8 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import HistGradientBoostingRegressor
-from sklearn.linear_model import Ridge
 
 from fhe_toolkit.data.schema import ERA, MAIN_TARGET
 from fhe_toolkit.errors import DataValidationError
@@ -176,6 +174,11 @@ def make_participants(
     ``crowd_share`` of the features (a seeded choice) is what the crowd uses; the ``orthogonal``
     model uses the rest. ``recent_eras``: the high-exposure model's training window.
     """
+    # Imported here: scikit-learn (and the scipy.stats it loads) is 40% of the command line's
+    # start-up, which every command, `fund receive` included, would pay for the lab.
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import Ridge
+
     counts = check_accounts(accounts)
     rng = np.random.default_rng([seed, 7])
     features = list(data.features)
@@ -304,6 +307,8 @@ def era_correlations(frame: pd.DataFrame, features: list[str]) -> pd.DataFrame:
 def _high_exposure(data: LabData, features: list[str], recent_eras: int) -> np.ndarray:
     """Ridge on the few features most correlated with the target over the last training eras:
     a bet on the current regime, with large feature exposure."""
+    from sklearn.linear_model import Ridge
+
     eras = sorted(data.train[ERA].unique())[-recent_eras:]
     recent = data.train[data.train[ERA].isin(eras)]
     strength = era_correlations(recent, features).mean().abs()
