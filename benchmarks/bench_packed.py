@@ -2,20 +2,22 @@
 costs the fund and the participant, against the per-model (circuit) path side by side.
 
     python bench_packed.py [--feature-set medium|all] [--rows 672] [--models 1 4]
-        [--circuit-rows 64] [--primitive-rows 0] [--out packed.json]
+        [--participants N] [--circuit-rows 64] [--primitive-rows 0] [--out packed.json]
 
 ``medium`` is 780 features and ``all`` 2,748, Numerai v5's widths.
 
 For each model count: the fund opens a round (one key, one encryption of the live features,
-published once), each participant runs its model (all cores), the fund receives every
-submission (decrypt, verify, decode). The per-model path is a compiled ``linear`` circuit on
-fewer rows (``--circuit-rows``, 0 to skip), compared per row. Models are random integer weights
-over the features (8 bits), registered as LinearSpecs: what is measured is the encryption, not
-training. ``--primitive-rows N`` also times the GLWE multiplication alone (``bench_glwe.py``'s
-measurement, on at least N rows, one process and as many as there are cores) in the same run,
-so the participant's rate can be read against the primitive under the same load.
+published once), each participant runs its model (all cores), the fund receives every submission
+(decrypt, verify, decode); ``--participants N`` runs and receives only the first N models of
+each round (a participant's run is the longest part at full width). The per-model path is a
+compiled ``linear`` circuit on fewer rows (``--circuit-rows``, 0 to skip), compared per row.
+Models are random integer weights over the features (8 bits), registered as LinearSpecs: what is
+measured is the encryption, not training. ``--primitive-rows N`` also times the GLWE
+multiplication alone (``bench_glwe.py``'s measurement, on at least N rows, one process and as
+many as there are cores) in the same run, so the participant's rate can be read against the
+primitive under the same load.
 
-The last table extrapolates the fund's cost of a round of 1, 10 and 100 models from the measured
+The last line extrapolates the fund's cost of a round of 1, 10 and 100 models from the measured
 round of one model and the measured marginal cost of each further model (opening and receiving),
 and says which figures are measured.
 
@@ -71,7 +73,10 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def packed_round(root: Path, live: pd.DataFrame, features: list[str], count: int) -> dict:
+def packed_round(
+    root: Path, live: pd.DataFrame, features: list[str], count: int, runs: int | None
+) -> dict:
+    """Open a round for ``count`` models; ``runs`` of them (all if None) run and are received."""
     load_before = load()
     fund = Fund(root / "fund", root / "keys")
     rng = np.random.default_rng(count)
@@ -86,7 +91,7 @@ def packed_round(root: Path, live: pd.DataFrame, features: list[str], count: int
     dataset = opened["m0"]
     encrypted_rows = open_artifact(dataset, PACKED_ROUND).manifest.n_rows
     run_seconds, receive_seconds = [], []
-    for i in range(count):
+    for i in range(count if runs is None else min(runs, count)):
         start = time.perf_counter()
         out = run_bundle(dataset, root / f"m{i}", root / f"s{i}", identity=identity)
         run_seconds.append(time.perf_counter() - start)
@@ -138,27 +143,30 @@ def circuit_round(root: Path, train: pd.DataFrame, live: pd.DataFrame, features:
 
 def fund_costs(packed: list[dict]) -> dict[str, Any]:
     """Seconds and bytes of a round of 1, 10, 100 models: the round of one model as measured,
-    plus each further model's measured marginal cost (opening: the slope between the smallest
-    and largest round measured; receiving: the mean receive)."""
+    plus each further model's measured marginal cost. Opening: the slope between the smallest
+    and the largest round measured. Receiving: the first model of a round pays for the round's
+    verifier (the factorization of its features), the others reuse it: the largest round's
+    first receive, then the mean of its later ones."""
     first, last = packed[0], packed[-1]
     extra = last["models"] - first["models"]
     open_marginal = (last["open_s"] - first["open_s"]) / extra if extra else 0.0
     bytes_marginal = (last["published_bytes"] - first["published_bytes"]) / extra if extra else 0
-    receives = [s for result in packed for s in result["fund_receive_s_per_model"]]
-    receive = float(np.mean(receives))
+    receives = last["fund_receive_s_per_model"]
+    receive_first = receives[0]
+    receive_marginal = float(np.mean(receives[1:])) if len(receives) > 1 else receive_first
     rounds = {}
     for models in EXTRAPOLATED:
-        added = models - first["models"]
         rounds[models] = {
-            "open_s": round(first["open_s"] + added * open_marginal, 2),
-            "receive_s": round(models * receive, 1),
-            "published_bytes": int(first["published_bytes"] + added * bytes_marginal),
+            "open_s": round(first["open_s"] + (models - first["models"]) * open_marginal, 2),
+            "receive_s": round(receive_first + (models - 1) * receive_marginal, 1),
+            "published_bytes": int(first["published_bytes"] + (models - 1) * bytes_marginal),
             "measured": models in {r["models"] for r in packed},
         }
     return {
         "open_marginal_s_per_model": round(open_marginal, 3),
-        "published_marginal_bytes_per_model": bytes_marginal,
-        "receive_s_per_model": round(receive, 3),
+        "published_marginal_bytes_per_model": round(bytes_marginal),
+        "receive_first_s": receive_first,
+        "receive_marginal_s_per_model": round(receive_marginal, 3),
         "rounds": rounds,
     }
 
@@ -172,6 +180,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=672, help="live rows of the round")
     parser.add_argument("--models", type=int, nargs="+", default=[1, 4],
                         help="model counts: one packed round each")  # fmt: skip
+    parser.add_argument("--participants", type=int,
+                        help="run and receive at most this many models per round (default: "
+                        "all); the others are only opened for")  # fmt: skip
     parser.add_argument("--circuit-rows", type=int, default=64,
                         help="rows for the per-model circuit path (0: skip it)")  # fmt: skip
     parser.add_argument(
@@ -192,7 +203,7 @@ def main() -> None:
     packed = []
     for count in sorted(args.models):
         with tempfile.TemporaryDirectory() as work:
-            packed.append(packed_round(Path(work), live, features, count))
+            packed.append(packed_round(Path(work), live, features, count, args.participants))
             results[f"packed_{count}"] = packed[-1]
             print(json.dumps(packed[-1]), flush=True)
     results["fund_costs"] = fund_costs(packed)
