@@ -17,6 +17,7 @@ busy: what dispatching a task costs the machine, the client and scheduler includ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -61,9 +62,11 @@ def dask_cluster(root: Path) -> Iterator[tuple[str, int]]:
         )
     ]  # fmt: skip
     try:
-        while not scheduler_file.exists():
+        address = None
+        while address is None:  # the file exists a moment before it is written
             time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
+            with contextlib.suppress(OSError, ValueError):
+                address = json.loads(scheduler_file.read_text())["address"]
         for name in ("a", "b"):
             processes.append(
                 subprocess.Popen(

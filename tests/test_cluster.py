@@ -4,8 +4,10 @@ them), as docs/cluster.md tells an operator to start them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,10 +95,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             )
         )  # fmt: skip
         deadline = time.monotonic() + 60
-        while not scheduler_file.exists():
+        address = None
+        while address is None:  # the file exists a moment before it is written
             assert time.monotonic() < deadline and processes[0].poll() is None, "no scheduler"
             time.sleep(0.1)
-        address = json.loads(scheduler_file.read_text())["address"]
+            with contextlib.suppress(OSError, ValueError):
+                address = json.loads(scheduler_file.read_text())["address"]
         for name in ("a", "b"):
             processes.append(
                 subprocess.Popen(
@@ -219,9 +223,9 @@ def test_a_round_opens_through_the_cluster_and_a_crashing_spec_costs_only_its_mo
 ):
     """`fund open-round --scheduler`: the two workers make each circuit model's keys and
     ciphertexts (a depth-2 tree and a linear circuit, 5 features, 40 live rows). A registered
-    spec whose client specs make Concrete's key generation abort (a bootstrap key naming a
-    secret key that does not exist: SIGABRT, every time) is left out and named; the others are
-    published, run by their participants and decrypted exactly."""
+    spec whose client specs crash Concrete's key generation every time (a bootstrap key naming
+    a secret key that does not exist) is left out and named; the others are published, run by
+    their participants and decrypted exactly."""
     paths = synthesize(tmp_path / "data", SynthConfig(train_eras=10, validation_eras=1,
                        live_eras=1, rows_per_era=40, n_features=12, n_groups=3))  # fmt: skip
     train, live = load_tournament(paths["train"]), load_tournament(paths["live"])
@@ -248,10 +252,11 @@ def test_a_round_opens_through_the_cluster_and_a_crashing_spec_costs_only_its_mo
 
     out = ok(cli("fund", "open-round", "R1", "--live", paths["live"], "--scheduler",
                  cluster.address, cwd=tmp_path))  # fmt: skip
-    assert (
-        "hostile left out: its keys or encryption failed: the FHE runtime crashed the worker "
-        "(signal 6)" in " ".join(out.split())
-    )
+    # The out-of-range key index aborts (a bounds check) or faults, run by run.
+    assert re.search(
+        r"hostile left out: its keys or encryption failed: the FHE runtime crashed the worker "
+        r"\(signal (6|11)\)", " ".join(out.split()),
+    )  # fmt: skip
     round_dir = tmp_path / "fund" / "rounds" / "R1"
     assert sorted(p.name for p in (round_dir / "bundles").iterdir()) == ["lin", "tree"]
     assert sorted(fund.round_record("R1").bundles) == ["lin", "tree"]

@@ -69,9 +69,10 @@ class KeySet:
 def generate_keys(client_specs: bytes) -> Any:
     """A Concrete client holding fresh keys (secret and evaluation) for these client specs.
 
-    Concrete's key generation aborts its whole process on some malformed specs (a key id that
-    does not exist, a polynomial size that is not a power of two): the fund runs it in the
-    engine's worker processes (see :mod:`fhe_toolkit.fund.rounds`)."""
+    Concrete's key generation crashes its whole process on some malformed specs (a key id that
+    does not exist, a polynomial size that is not a power of two): a round's models, whose
+    specs participants write, have theirs made in the engine's worker processes (see
+    :mod:`fhe_toolkit.fund.rounds`)."""
     from concrete import fhe
 
     client = fhe.Client(fhe.ClientSpecs.deserialize(client_specs))
