@@ -631,12 +631,12 @@ def decrypt_chunk(key: RoundKey, result: bytes, *, n_rows: int, n_outputs: int =
     """A participant's result for a chunk of ``n_rows`` rows, as exact signed int64 ``(rows, k)``.
 
     Each value is rounded to ``bits`` bits and read modulo ``2**bits`` as signed (two's
-    complement), which is ``x @ w`` exactly when the bounds held. Decrypted here in NumPy, as
-    the library does it (tfhe-rs's ``PackedIntegers::unpack``, ``CompressedModulusSwitched
-    GlweCiphertext::extract``, GLWE decryption, the extension's ``decrypt_glwe`` rounding; tested
-    equal to ``decrypt_matrix`` on real and forged results) but only for the ``n_outputs``
-    coefficients that hold values: the library multiplies whole polynomials, 1–1.5 ms a row,
-    seconds per model at Numerai's row counts.
+    complement), which is ``x @ w`` exactly when the bounds held. Decrypted here in NumPy as the
+    library does it (tfhe-rs's packed-integer unpacking and compressed-GLWE extraction, GLWE
+    decryption, the extension's ``decrypt_glwe`` rounding; tested equal to its
+    ``decrypt_matrix`` on real and forged results), but only for the ``n_outputs`` coefficients
+    that hold values: the library multiplies whole polynomials, 1–1.5 ms a row, seconds per
+    model at Numerai's row counts.
     """
     params = key.params
     n_rows = _positive_int(n_rows, "n_rows")
@@ -644,7 +644,7 @@ def decrypt_chunk(key: RoundKey, result: bytes, *, n_rows: int, n_outputs: int =
     if n_outputs > params.max_outputs:
         raise PackedError(f"{n_outputs} outputs requested; this round allows {params.max_outputs}.")
     _check_result(params, result, n_rows, n_outputs)
-    # A row: [1 GLWE, coefficient words, *words, then the header words _check_result checked].
+    # A row: [1 (one GLWE), n (its coefficient words), n words, the header _check_result checked].
     table = np.frombuffer(result, dtype="<u8")[1:].reshape(n_rows, -1)
     storage = params.output_storage_bits
     length = GLWE_DIMENSION * POLYNOMIAL_SIZE + n_outputs

@@ -84,8 +84,8 @@ class QuantizerSpec(BaseModel):
         wild = [v for v in values if not low <= v <= high]
         if wild:
             raise ValueError(
-                f"scale {wild[0]:g} is outside [2**-60, 2**60]: a feature divided by it would "
-                "not quantize to a 64-bit integer (Concrete ML's scales are far inside)"
+                f"scale {wild[0]:g} is outside [2**-60, 2**60]: quantized values would not "
+                "stay 64-bit integers (Concrete ML's scales are far inside)"
             )
         return value
 
