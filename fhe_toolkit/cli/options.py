@@ -60,6 +60,14 @@ def data_option(help: str, *, required: bool = True) -> Decorator:
     )
 
 
+def job_option(help: str) -> Decorator:
+    """``--job DIR``: a training job directory (``participant training-job``), as ``job_dir``."""
+    return click.option(
+        "--job", "job_dir", required=True, type=click.Path(path_type=Path),
+        help=help,
+    )  # fmt: skip
+
+
 def out_dir_option(help: str, *, required: bool = True, default: str | None = None) -> Decorator:
     """``--out DIR``, passed as ``out_dir``."""
     return click.option(

@@ -225,6 +225,18 @@ def diagnose(
     return summarize(per_era).rename_axis(["mode", "metric"])
 
 
+def new_deployment(out: Path, what: str) -> Path:
+    """``out``'s deployment folder, refused if it holds ``what`` already: keys the fund issued
+    for an earlier compilation would not fit a new one."""
+    deployment = out / DEPLOYMENT_DIR
+    if deployment.exists() and any(deployment.iterdir()):
+        raise ParticipantError(
+            f"{deployment} already holds {what}; use a new directory (keys issued for the old "
+            "one would not fit a new compilation)."
+        )
+    return deployment
+
+
 def export_model(
     model: TrainedModel,
     out_dir: str | Path,
@@ -242,12 +254,7 @@ def export_model(
     if not model.is_compiled:
         raise ParticipantError("compile the model (compile_model) before exporting it.")
     out = Path(out_dir)
-    deployment = out / DEPLOYMENT_DIR
-    if deployment.exists() and any(deployment.iterdir()):
-        raise ParticipantError(
-            f"{deployment} already holds a compiled model; export to a new directory (keys "
-            "issued for the old one would not fit a new compilation)."
-        )
+    deployment = new_deployment(out, "a compiled model")
     spec = (
         _export_packed(model, deployment, name, neutralization)
         if model.packed

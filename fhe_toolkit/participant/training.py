@@ -32,7 +32,7 @@ from fhe_toolkit.fhe.engine import SequentialWorker
 from fhe_toolkit.fhe.server_library import SERVER_ZIP, ensure_server_library
 from fhe_toolkit.fhe.tasks import ServerTask
 from fhe_toolkit.fhe.versions import package_versions
-from fhe_toolkit.participant.model import DEPLOYMENT_DIR, TrainedModel
+from fhe_toolkit.participant.model import DEPLOYMENT_DIR, TrainedModel, new_deployment
 from fhe_toolkit.participant.outputs import (
     CHECKPOINT,
     check_fund_signature,
@@ -115,12 +115,7 @@ def compile_training_job(job: TrainingJob, out_dir: str | Path, name: str) -> Tr
     if not 0 < job.p_error < 1:
         raise ParticipantError(f"p_error is a probability in (0, 1), not {job.p_error}.")
     out = Path(out_dir)
-    deployment = out / DEPLOYMENT_DIR
-    if deployment.exists() and any(deployment.iterdir()):
-        raise ParticipantError(
-            f"{deployment} already holds a compiled training job; use a new directory (keys "
-            "issued for the old one would not fit a new compilation)."
-        )
+    deployment = new_deployment(out, "a compiled training job")
     features = list(job.features)
     model = job.estimator()
     low, high = FEATURE_VALUES
