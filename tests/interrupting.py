@@ -66,9 +66,9 @@ def paused(process: subprocess.Popen[str]) -> Iterator[None]:
 
 
 def killed_at(
-    path: Path, calls: str, *args: str | Path, cwd: Path
+    path: Path, calls: str, *args: str | Path, cwd: Path, nth: int = 1
 ) -> subprocess.CompletedProcess[str]:
-    """Run the command line under ``strace``, which has the kernel SIGKILL it at the first of
+    """Run the command line under ``strace``, which has the kernel SIGKILL it at the ``nth`` of
     the system calls ``calls`` (e.g. ``openat``, or ``%file`` for any) that names ``path``, in
     the command's own process (its worker processes are not traced, and are killed after it).
     Give every path to the command absolute: ``strace`` compares them as written. Skips the
@@ -80,7 +80,7 @@ def killed_at(
         pytest.skip("strace cannot trace here (ptrace is not permitted)")
     process = subprocess.Popen(
         [tracer, "-q", "-o", os.devnull, "-P", str(path), "-e", f"trace={calls}",
-         "-e", f"inject={calls}:signal=KILL", *CLI, *map(str, args)],
+         "-e", f"inject={calls}:signal=KILL:when={nth}", *CLI, *map(str, args)],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )  # fmt: skip

@@ -4,7 +4,6 @@ participant's side."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
@@ -42,7 +41,7 @@ from fhe_toolkit.protocol.artifacts import (
     ROUND_BUNDLE,
     open_artifact,
 )
-from fhe_toolkit.protocol.manifest import MANIFEST, write_manifest
+from fhe_toolkit.protocol.manifest import MANIFEST
 from fhe_toolkit.protocol.signing import (
     SIGNATURE,
     create_identity,
@@ -52,6 +51,7 @@ from fhe_toolkit.protocol.signing import (
 from fhe_toolkit.registry import SubmissionStatus
 from tests.cli_runner import cli
 from tests.funds import register, small_fund
+from tests.hostile_answers import rehash
 
 pytestmark = pytest.mark.fhe
 
@@ -113,13 +113,6 @@ def copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def rewrite_manifest(directory: Path) -> None:
-    """What a careless or hostile sender does: change files, then re-hash them."""
-    raw = json.loads((directory / MANIFEST).read_text())
-    kept = {k: v for k, v in raw.items() if k not in ("files", "created_at")}
-    write_manifest(directory, list(raw["files"]), **kept)
-
-
 @pytest.fixture(scope="module")
 def refusals(world, tmp_path_factory) -> dict[str, str]:
     """Bad submissions, each refused before any decryption (run before the genuine ones)."""
@@ -137,14 +130,14 @@ def refusals(world, tmp_path_factory) -> dict[str, str]:
     pq.write_table(table.slice(0, table.num_rows - 1), missing / PREDICTIONS)
     raw = (missing / MANIFEST).read_text().replace('"n_batches": 2', '"n_batches": 1')
     (missing / MANIFEST).write_text(raw)
-    rewrite_manifest(missing)
+    rehash(missing)
     attempt("missing batch", missing)
 
     repeated = copy(good, work / "repeated")
     table = pq.read_table(repeated / PREDICTIONS)
     doubled = pa.concat_tables([table.slice(0, 1), table.slice(0, 1)])
     pq.write_table(doubled, repeated / PREDICTIONS)
-    rewrite_manifest(repeated)
+    rehash(repeated)
     attempt("repeated batch", repeated)
 
     tampered = copy(good, work / "tampered-file")
@@ -200,7 +193,7 @@ def received(world, refusals, tmp_path_factory) -> dict[str, pd.Series]:
     result = cli("fund", "receive", "r1", subs["lin"], stranger, subs["tree"], subs["resid"],
                  "--fund-dir", fund.root, "--keys", fund.keys.root, cwd=root)  # fmt: skip
     assert result.returncode == 2, result.stdout + result.stderr
-    assert f"refused {stranger}: this submission for model 'tree' is signed by" in result.stderr
+    assert f"refused {stranger}: this submission for the model 'tree' is signed by" in result.stderr
     assert "1 of 4 submissions refused" in result.stderr
     assert [line.split()[4] for line in result.stdout.splitlines()] == ["lin", "tree", "resid"]
     predictions = fund.round_dir("r1") / "predictions"
@@ -280,7 +273,7 @@ def test_bundle_for_another_model_is_refused(world, tmp_path):
 def test_evaluation_keys_of_another_circuit_fail_cleanly(world, tmp_path):
     bundle = copy(world["bundles"] / "tree", tmp_path / "bundle")
     shutil.copy(world["bundles"] / "lin" / EVALUATION_KEYS, bundle / EVALUATION_KEYS)
-    rewrite_manifest(bundle)
+    rehash(bundle)
     with pytest.raises(RunError, match="batch"):
         run_bundle(bundle, world["root"] / "tree", tmp_path / "out", workers=1,
                    identity=ID["tree"](world))  # fmt: skip
@@ -297,7 +290,7 @@ def test_corrupted_ciphertext_fails_its_row_only(world, tmp_path):
     schema = pq.read_schema(original / CIPHERTEXTS)
     pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False),
                    bundle / CIPHERTEXTS)  # fmt: skip
-    rewrite_manifest(bundle)
+    rehash(bundle)
     out = tmp_path / "out"
     with pytest.raises(RunError, match=r"1 batch\(es\) failed: batch 3 "):
         run_bundle(bundle, world["root"] / "tree", out, workers=2, identity=ID["tree"](world))

@@ -49,7 +49,7 @@ MODELS = {
     "a-lin": ("alice", "linear", slice(None), {}),
     "a-log": ("alice", "logistic", slice(0, 7), {}),
     "b-ridge": ("bob", "ridge", slice(3, 15), {}),
-    "b-wide": ("bob", "ridge", slice(10, 20), {"n_bits": 12}),  # 12-bit weights: ±2047
+    "b-wide": ("bob", "ridge", slice(10, 20), {"n_bits": 11}),  # 11-bit weights: ±1023, the widest
 }
 
 
@@ -149,7 +149,7 @@ def test_outputs_that_are_not_the_models_linear_function_are_refused(world, tmp_
     honest = json.loads((root / "a-log" / "deployment" / WEIGHTS_FILE).read_text())["weights"]
     spec = load_spec(root / "a-log" / "model_spec.json")
     position = {c: i for i, c in enumerate(columns)}
-    # Weights beyond a-log's declared 8-bit bound, which the round's 12-bit bound (b-wide's)
+    # Weights beyond a-log's declared 8-bit bound, which the round's 11-bit bound (b-wide's)
     # lets through the library's own check: the fund's check against the spec must catch them.
     too_large = np.zeros(len(columns), np.int64)
     too_large[[position[f] for f in spec.features]] = np.asarray(honest) * 3

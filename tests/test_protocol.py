@@ -112,9 +112,9 @@ def client_specs(inputs: list[list[int]] | None = None, n_outputs: int = 1) -> d
 
 def quantizer() -> dict[str, Any]:
     return {
-        "n_bits": 8, "is_signed": False, "is_symmetric": False, "is_narrow": False,
+        "n_bits": 3, "is_signed": False, "is_symmetric": False, "is_narrow": False,
         "is_qat": False, "is_precomputed_qat": False, "no_clipping": False,
-        "scale": 0.015625, "zero_point": 0, "offset": 0, "rmin": 0.0, "rmax": 4.0,
+        "scale": 1.0, "zero_point": 0, "offset": 0, "rmin": 0.0, "rmax": 4.0,
     }  # fmt: skip
 
 

@@ -114,19 +114,21 @@ def test_killed_while_decrypting_it_finishes_from_the_kept_copy(world):
     assert_received_once(world, "k-decrypting", "lin", submission)
 
 
-# point: (model, the file whose first touch is the kill, system calls, status left)
+# point: (model, the file whose nth touch is the kill, system calls, n, status left). A circuit's
+# key set is read by the worker processes; the command itself only looks it up, once when it
+# opens the key store (tightening modes) and again to decrypt.
 POINTS = {
-    "keeping the copy": ("lin", "copy", "openat", SubmissionStatus.ACCEPTED),
-    "starting to decrypt": ("lin", "keys", "%file", SubmissionStatus.DECRYPTING),
-    "stored, keys not yet retired": ("lin", "retired", "openat", SubmissionStatus.DECRYPTING),
-    "keeping the packed copy": ("plin", "copy", "openat", SubmissionStatus.ACCEPTED),
-    "decrypting with the round key": ("plin", "keys", "%file", SubmissionStatus.DECRYPTING),
+    "keeping the copy": ("lin", "copy", "openat", 1, SubmissionStatus.ACCEPTED),
+    "starting to decrypt": ("lin", "keys", "%file", 2, SubmissionStatus.DECRYPTING),
+    "stored, keys not yet retired": ("lin", "retired", "openat", 1, SubmissionStatus.DECRYPTING),
+    "keeping the packed copy": ("plin", "copy", "openat", 1, SubmissionStatus.ACCEPTED),
+    "decrypting with the round key": ("plin", "keys", "openat", 1, SubmissionStatus.DECRYPTING),
 }
 
 
 @pytest.mark.parametrize("point", list(POINTS))
 def test_killed_at_a_step_it_finishes_or_rolls_back_and_takes_it_again(world, point):
-    name, where, calls, left = POINTS[point]
+    name, where, calls, nth, left = POINTS[point]
     fund, root = world["fund"], world["root"]
     round_id = "k-" + point.replace(" ", "-").replace(",", "")
     submission = submit(world, round_id, name)
@@ -136,7 +138,7 @@ def test_killed_at_a_step_it_finishes_or_rolls_back_and_takes_it_again(world, po
         "keys": fund.keys.keyset_path(round_id, keys_of(name)),
         "retired": keys / ".retired.json.tmp",
     }[where]
-    killed_at(path, calls, *receive(world, round_id, submission), cwd=root)
+    killed_at(path, calls, *receive(world, round_id, submission), cwd=root, nth=nth)
 
     assert status(world, round_id, name) == left
     assert fund.keys.keyset_path(round_id, keys_of(name)).is_file()

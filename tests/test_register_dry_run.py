@@ -165,7 +165,10 @@ def test_a_spec_whose_keys_exceed_the_memory_limit_is_refused_naming_the_limit(
             limits=DryRunLimits(memory_bytes=1 << 30),
         )  # fmt: skip
     message = str(refused.value)
-    assert "failed the fund's dry run and was not registered: key generation ran out" in message
+    assert (
+        "failed the fund's dry run and was not registered: key generation and encrypting a "
+        "batch ran out" in message
+    )
     assert "the dry run's memory limit of 1 GiB" in message and "--dry-run-memory" in message
     assert snapshot(fund) == before
 
