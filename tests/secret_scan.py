@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import os
 import stat
 import subprocess
@@ -87,15 +88,32 @@ def watch_key_stores() -> None:
     from fhe_toolkit.fhe.keystore import KEYSET, SIGNING_KEY, KeyStore
     from fhe_toolkit.fhe.packed import PACKED_KEYS
 
-    create, write_secret = KeyStore.create, KeyStore.write_secret
+    create, add, write_secret = KeyStore.create, KeyStore.add, KeyStore.write_secret
+
+    def record(keyset: Any, store: KeyStore, round_id: str, model: str, directory: Path) -> None:
+        for number, key in enumerate(keyset.get_client_keys().get_secret_keys()):
+            what = f"secret key {number} of {model!r} in {round_id!r} ({store.root})"
+            SEEN.add_window(key.serialize(), what, directory / KEYSET)
 
     def recording_create(self: KeyStore, round_id: str, model: str, *args: Any, **kw: Any) -> Any:
         made = create(self, round_id, model, *args, **kw)
         keyset = getattr(getattr(made.client, "keys", None), "_keyset", None)
         if keyset is not None:  # real Concrete keys (not a test's stand-in)
-            for number, key in enumerate(keyset.get_client_keys().get_secret_keys()):
-                what = f"secret key {number} of {model!r} in {round_id!r} ({self.root})"
-                SEEN.add_window(key.serialize(), what, made.directory / KEYSET)
+            record(keyset, self, round_id, model, made.directory)
+        return made
+
+    def recording_add(
+        self: KeyStore, round_id: str, model: str, spec: Any, secret: bytes, *args: Any, **kw: Any
+    ) -> Any:
+        """Keys a worker process made (the engine's key generation), stored here."""
+        from concrete import fhe
+
+        made = add(self, round_id, model, spec, secret, *args, **kw)
+        try:
+            keys = fhe.Keys.deserialize(secret)
+        except RuntimeError:  # a test's stand-in bytes: nothing to look for
+            return made
+        record(keys._keyset, self, round_id, model, made.directory)
         return made
 
     def recording_write_secret(self: KeyStore, path: Path, data: bytes) -> None:
@@ -106,6 +124,7 @@ def watch_key_stores() -> None:
             SEEN.add_window(data, f"the packed round key {path}", path)
 
     KeyStore.create = recording_create  # type: ignore[method-assign]
+    KeyStore.add = recording_add  # type: ignore[method-assign]
     KeyStore.write_secret = recording_write_secret  # type: ignore[method-assign]
 
 
@@ -175,28 +194,47 @@ def _search(
     index, keys = indexed  # keys: the index's hashes, sorted
     found: set[str] = set()
     with path.open("rb") as handle:
-        start = 0
-        while True:
-            # From STRIDE before this block (a copy may begin there) to WINDOW past its end.
-            lead = min(start, STRIDE)
-            handle.seek(start - lead)
-            data = handle.read(lead + BLOCK + WINDOW)
-            if len(data) <= lead:
-                break
-            found |= _signing_keys_in(data, signing)
-            count = (len(data) - lead - SLICE) // STRIDE + 1
-            if index and count > 0:
-                array = np.frombuffer(data, dtype=np.uint8)[lead:]
-                hashes = _hashes(array, min(count, BLOCK // STRIDE), STRIDE)
-                nearest = keys[np.minimum(np.searchsorted(keys, hashes), len(keys) - 1)]
-                for slot in np.flatnonzero(nearest == hashes).tolist():
-                    at = lead + slot * STRIDE
-                    for number, offset in index[int(hashes[slot])]:
-                        window, what = windows[number]
-                        if at >= offset and data[at - offset : at - offset + WINDOW] == window:
-                            found.add(what)
-            start += BLOCK
+        for begin, end in _data_extents(handle):
+            start = begin
+            while start < end:
+                # From STRIDE before this block (a copy may begin there) to WINDOW past its end.
+                lead = min(start - begin, STRIDE)
+                handle.seek(start - lead)
+                data = handle.read(lead + BLOCK + WINDOW)
+                if len(data) <= lead:
+                    break
+                found |= _signing_keys_in(data, signing)
+                count = (len(data) - lead - SLICE) // STRIDE + 1
+                if index and count > 0:
+                    array = np.frombuffer(data, dtype=np.uint8)[lead:]
+                    hashes = _hashes(array, min(count, BLOCK // STRIDE), STRIDE)
+                    nearest = keys[np.minimum(np.searchsorted(keys, hashes), len(keys) - 1)]
+                    for slot in np.flatnonzero(nearest == hashes).tolist():
+                        at = lead + slot * STRIDE
+                        for number, offset in index[int(hashes[slot])]:
+                            window, what = windows[number]
+                            if at >= offset and data[at - offset : at - offset + WINDOW] == window:
+                                found.add(what)
+                start += BLOCK
     yield from sorted(found)
+
+
+def _data_extents(handle: Any) -> Iterator[tuple[int, int]]:
+    """The parts of a file that hold data, each widened by a window on both sides: a hole
+    reads as zeros and holds no secret, and the 2 GB sparse files of the hostile-input tests
+    would otherwise be read whole."""
+    size = os.fstat(handle.fileno()).st_size
+    position = 0
+    while position < size:
+        try:
+            start = os.lseek(handle.fileno(), position, os.SEEK_DATA)
+        except OSError as error:
+            if error.errno != errno.ENXIO:  # the file system cannot tell: read it whole
+                yield position, size
+            return  # ENXIO: no data after position
+        end = os.lseek(handle.fileno(), start, os.SEEK_HOLE)
+        yield max(0, start - WINDOW), min(size, end + WINDOW)
+        position = end
 
 
 def _signing_keys_in(data: bytes, signing: dict[bytes, str]) -> set[str]:

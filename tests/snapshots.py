@@ -7,11 +7,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner
 from sqlalchemy import Engine, MetaData, select
+
+from fhe_toolkit.cli import main
+from fhe_toolkit.fund.base import FundBase
 
 # Lock files only serialize receives (an empty file, created on first use, never holding
 # state); SQLite's own files are compared through their rows, not their bytes, since a read can
@@ -88,3 +93,23 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             added = [r for r in new_rows if r not in old_rows]
             changes.append(f"table {table}: removed {gone}, added {added}")
     return changes
+
+
+def refused(fund: FundBase, args: list[str], refusal: str) -> str:
+    """Run the command line with ``args``; check that it is refused (exit status 2, no
+    traceback) with a message matching ``refusal``, and that ``fund`` is exactly as it was: its
+    folder, its key store and its database. Returns the message."""
+    before = snapshot(fund.root, fund.keys.root, database=fund.db.engine)
+    result = CliRunner().invoke(main, args)
+    output = result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"{args} raised {result.exception!r}:\n{output}"
+    )
+    assert result.exit_code == 2, f"{args} exited {result.exit_code}:\n{output}"
+    assert "Traceback" not in output, output
+    assert "━" not in output, f"a progress bar was drawn before the refusal:\n{output}"
+    assert re.search(refusal, output, re.DOTALL), f"{refusal!r} not in:\n{output}"
+    after = snapshot(fund.root, fund.keys.root, database=fund.db.engine)
+    assert differences(before, after) == []
+    print(f"\n@@ {args[:2]} :: {output.strip()}")
+    return output

@@ -13,29 +13,25 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from fhe_toolkit.cli import main
 from fhe_toolkit.data import SynthConfig, load_features_json, load_tournament, synthesize
 from fhe_toolkit.fund import Fund
 from fhe_toolkit.participant import export_model, run_bundle, train_model
-from fhe_toolkit.protocol.manifest import MANIFEST, SIGNATURE
-from fhe_toolkit.protocol.signing import load_private_key, sign_directory
+from fhe_toolkit.participant.training import TRAINING_SPEC_FILE, TrainingJob, compile_training_job
+from tests.hostile_answers import ANSWER_CASES, Sender, fifo, sparse
 from tests.identities import enroll
-from tests.snapshots import differences, snapshot
+from tests.snapshots import refused
 
 CONFIG = SynthConfig(
     train_eras=6, validation_eras=1, live_eras=1, rows_per_era=60, n_features=12, n_groups=3
 )
 MODELS = {"a-lin": ("alice", "linear"), "b-ridge": ("bob", "ridge")}
-TWO_GB = 2 * 1024**3
 
 
 @dataclass
@@ -95,39 +91,7 @@ def round_world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return world
 
 
-def refused(world: World, args: list[str], refusal: str) -> str:
-    """Run ``args``; check that it is refused with a message matching ``refusal`` and that the
-    fund is exactly as it was. Returns the message."""
-    before = snapshot(world.fund_dir, world.keys, database=world.fund.db.engine)
-    result = CliRunner().invoke(main, args)
-    output = result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), (
-        f"{args} raised {result.exception!r}:\n{output}"
-    )
-    assert result.exit_code == 2, f"{args} exited {result.exit_code}:\n{output}"
-    assert "Traceback" not in output, output
-    assert re.search(refusal, output, re.DOTALL), f"{refusal!r} not in:\n{output}"
-    assert (
-        differences(before, snapshot(world.fund_dir, world.keys, database=world.fund.db.engine))
-        == []
-    )
-    print(f"\n@@ {args[:2]} :: {output.strip()}")
-    return output
-
-
 # --- inputs ------------------------------------------------------------------------------------
-
-
-def fifo(path: Path) -> Path:
-    os.mkfifo(path)
-    return path
-
-
-def sparse(path: Path, size: int = TWO_GB) -> Path:
-    """A file as large as ``size`` that takes no disk space."""
-    with path.open("wb") as handle:
-        handle.truncate(size)
-    return path
 
 
 def spec_file(world: World, tmp: Path, **changes: object) -> Path:
@@ -186,7 +150,7 @@ SPEC_FIELD_CASES = {
 
 @pytest.mark.parametrize("changes, refusal", SPEC_FIELD_CASES.values(), ids=SPEC_FIELD_CASES)
 def test_register_refuses_a_spec_with_a_bad_field(world, tmp_path, changes, refusal):
-    refused(world, register(world, spec_file(world, tmp_path, **changes)), refusal)
+    refused(world.fund, register(world, spec_file(world, tmp_path, **changes)), refusal)
 
 
 def test_register_refuses_a_spec_that_is_not_a_json_object(world, tmp_path):
@@ -200,7 +164,7 @@ def test_register_refuses_a_spec_that_is_not_a_json_object(world, tmp_path):
         (b'{"name": NaN}', r"JSON|NaN|name|format"),
     ]:
         path.write_bytes(content)
-        refused(world, register(world, path), refusal)
+        refused(world.fund, register(world, path), refusal)
 
 
 SPEC_PATH_CASES: dict[str, tuple[Callable[[World, Path], Path], str]] = {
@@ -219,14 +183,14 @@ SPEC_PATH_CASES: dict[str, tuple[Callable[[World, Path], Path], str]] = {
 
 @pytest.mark.parametrize("make, refusal", SPEC_PATH_CASES.values(), ids=SPEC_PATH_CASES)
 def test_register_reads_only_a_regular_spec_file_of_sane_size(world, tmp_path, make, refusal):
-    refused(world, register(world, make(world, tmp_path)), refusal)
+    refused(world.fund, register(world, make(world, tmp_path)), refusal)
 
 
 def test_register_refuses_an_unknown_owner_or_another_owners_model(world, tmp_path):
     spec = spec_file(world, tmp_path)
-    refused(world, register(world, spec, participant="mallory"), r"mallory")
+    refused(world.fund, register(world, spec, participant="mallory"), r"mallory")
     refused(
-        world,
+        world.fund,
         register(world, spec, participant="bob"),
         r"belongs to another participant.*another name",
     )
@@ -237,12 +201,14 @@ BAD_STAKES = {"negative": "-5", "NaN": "nan", "infinite": "inf", "1.8e308": "1.8
 
 @pytest.mark.parametrize("amount", BAD_STAKES.values(), ids=BAD_STAKES)
 def test_a_stake_must_be_finite_non_negative_and_capped(world, tmp_path, amount):
-    refused(world, register(world, spec_file(world, tmp_path), stake=amount), r"a stake must be")
-    refused(world, world.fund_command("stake", "a-lin", amount), r"a stake must be")
+    refused(
+        world.fund, register(world, spec_file(world, tmp_path), stake=amount), r"a stake must be"
+    )
+    refused(world.fund, world.fund_command("stake", "a-lin", amount), r"a stake must be")
 
 
 def test_stake_on_an_unknown_model(world):
-    refused(world, world.fund_command("stake", "nobody", "5"), r"nobody")
+    refused(world.fund, world.fund_command("stake", "nobody", "5"), r"nobody")
 
 
 PUBLIC_KEY_CASES: dict[str, tuple[Callable[[World, Path], str], str]] = {
@@ -264,7 +230,7 @@ PUBLIC_KEY_CASES: dict[str, tuple[Callable[[World, Path], str], str]] = {
 @pytest.mark.parametrize("make, refusal", PUBLIC_KEY_CASES.values(), ids=PUBLIC_KEY_CASES)
 def test_add_participant_refuses_what_is_not_a_public_key(world, tmp_path, make, refusal):
     refused(
-        world,
+        world.fund,
         world.fund_command("add-participant", "carol", "--public-key", make(world, tmp_path)),
         refusal,
     )
@@ -273,10 +239,14 @@ def test_add_participant_refuses_what_is_not_a_public_key(world, tmp_path, make,
 def test_add_participant_refuses_a_bad_name_or_a_second_key_for_a_known_one(world):
     bob_key = world.identities["bob"].with_suffix(".pem.pub")
     refused(
-        world, world.fund_command("add-participant", "Mallory X", "--public-key", bob_key), r"name"
+        world.fund,
+        world.fund_command("add-participant", "Mallory X", "--public-key", bob_key),
+        r"name",
     )
     refused(
-        world, world.fund_command("add-participant", "alice", "--public-key", bob_key), r"alice"
+        world.fund,
+        world.fund_command("add-participant", "alice", "--public-key", bob_key),
+        r"alice",
     )
 
 
@@ -302,34 +272,36 @@ LIVE_CASES: dict[str, tuple[Callable[[World, Path], Path], str]] = {
 
 @pytest.mark.parametrize("make, refusal", LIVE_CASES.values(), ids=LIVE_CASES)
 def test_open_round_refuses_bad_live_data_before_writing_anything(world, tmp_path, make, refusal):
-    refused(world, world.fund_command("open-round", "r9", "--live", make(world, tmp_path)), refusal)
+    refused(
+        world.fund, world.fund_command("open-round", "r9", "--live", make(world, tmp_path)), refusal
+    )
 
 
 def test_open_round_refuses_a_bad_round_name_deadline_or_model(world):
     live = world.paths["live"]
-    refused(world, world.fund_command("open-round", "../r9", "--live", live), r"round")
+    refused(world.fund, world.fund_command("open-round", "../r9", "--live", live), r"round")
     refused(
-        world,
+        world.fund,
         world.fund_command("open-round", "r9", "--live", live, "--deadline", "2001-01-01"),
         r"deadline",
     )
     refused(
-        world,
+        world.fund,
         world.fund_command("open-round", "r9", "--live", live, "--model", "nobody"),
         r"nobody",
     )
 
 
 def test_read_only_commands_refuse_an_unknown_round_or_a_missing_fund(world, tmp_path):
-    refused(world, world.fund_command("status", "r404"), r"r404")
-    refused(world, world.fund_command("close-round", "r404"), r"r404")
+    refused(world.fund, world.fund_command("status", "r404"), r"r404")
+    refused(world.fund, world.fund_command("close-round", "r404"), r"r404")
     elsewhere = tmp_path / "not-a-fund"
-    refused(world, ["fund", "leaderboard", "--fund-dir", str(elsewhere)], r"no fund here")
+    refused(world.fund, ["fund", "leaderboard", "--fund-dir", str(elsewhere)], r"no fund here")
     assert not elsewhere.exists()
 
 
 def test_report_refuses_an_output_path_it_cannot_write(world, tmp_path):
-    refused(world, world.fund_command("report", "--out", tmp_path), r"is a directory")
+    refused(world.fund, world.fund_command("report", "--out", tmp_path), r"is a directory")
 
 
 DATA_CASES = {
@@ -341,245 +313,159 @@ DATA_CASES = {
 
 @pytest.mark.parametrize("edit, refusal", DATA_CASES.values(), ids=DATA_CASES)
 def test_data_validate_refuses_bad_live_data(world, tmp_path, edit, refusal):
-    refused(world, ["data", "validate", str(live_file(world, tmp_path, edit))], refusal)
+    refused(world.fund, ["data", "validate", str(live_file(world, tmp_path, edit))], refusal)
 
 
 def test_identity_new_never_overwrites_a_key(world, tmp_path):
-    refused(world, ["identity", "new", str(world.identities["alice"])], r"exists")
+    refused(world.fund, ["identity", "new", str(world.identities["alice"])], r"exists")
 
 
-# --- receive: what a participant sends ---------------------------------------------------------
+# --- training: the fund's side before any key is made -----------------------------------------
 
 
-def sent(world: World, tmp: Path, model: str = "a-lin") -> Path:
-    """A fresh copy of ``model``'s valid submission for round r1, to tamper with."""
-    copy = tmp / f"sub-{model}"
-    copy.mkdir()
-    for item in world.submissions[model].iterdir():
-        (copy / item.name).write_bytes(item.read_bytes())
-    return copy
+@pytest.fixture(scope="module")
+def training_spec(world: World) -> Path:
+    """A compiled training job's public spec (no keys, no encryption)."""
+    job = TrainingJob(features=world.spec()["features"][:3], iterations=2, batch_size=2)
+    compile_training_job(job, world.root / "job", "sgd")
+    return world.root / "job" / TRAINING_SPEC_FILE
 
 
-def edit_manifest(directory: Path, **changes: object) -> Path:
-    manifest = json.loads((directory / MANIFEST).read_text())
-    manifest.update(changes)
-    (directory / MANIFEST).write_text(json.dumps(manifest))
-    return directory
+def training_spec_file(spec: Path, tmp: Path, **changes: object) -> Path:
+    raw = json.loads(spec.read_text())
+    raw.update(changes)
+    path = tmp / "training_spec.json"
+    path.write_text(json.dumps(raw))
+    return path
 
 
-def add(directory: Path, name: str, make: Callable[[Path], object]) -> Path:
-    make(directory / name)
-    return directory
+def train_file(world: World, tmp: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> Path:
+    path = tmp / "rows.parquet"
+    edit(pd.read_parquet(world.paths["train"])).to_parquet(path)
+    return path
 
 
-def flip_byte(path: Path, at: int = 100) -> None:
-    data = bytearray(path.read_bytes())
-    data[at] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def rehash(directory: Path) -> Path:
-    """The manifest's hashes and sizes recomputed over the tampered files (not re-signed)."""
-    import hashlib
-
-    manifest = json.loads((directory / MANIFEST).read_text())
-    for name in manifest["files"]:
-        data = (directory / name).read_bytes()
-        manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-    (directory / MANIFEST).write_text(json.dumps(manifest))
-    return directory
-
-
-def predictions(directory: Path) -> Path:
-    return directory / next(iter(json.loads((directory / MANIFEST).read_text())["files"]))
-
-
-SUBMISSION_CASES: dict[str, tuple[Callable[[World, Path], Path], str]] = {
-    # Extra entries: nothing but what the manifest lists is read or kept.
-    "an unlisted link to the key store": (
-        lambda w, t: add(sent(w, t), "keys", lambda p: p.symlink_to(w.keys)),
-        r"'keys'.*manifest",
+TRAINING_SPEC_CASES: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
+    "a FIFO": (lambda s, t: fifo(t / "spec.json"), r"not a regular file"),
+    "a folder": (lambda s, t: t, r"not a regular file|is a directory|folder"),
+    "a 2 GB file": (lambda s, t: sparse(t / "spec.json"), r"larger than|too large|bytes"),
+    "missing": (lambda s, t: t / "nothing.json", r"nothing\.json"),
+    "not JSON": (lambda s, t: _written(t / "spec.json", b"{not json"), r"JSON"),
+    "a JSON list": (lambda s, t: _written(t / "spec.json", b"[1, 2]"), r"object"),
+    "a batch of 0 rows": (lambda s, t: training_spec_file(s, t, batch_size=0), r"batch_size"),
+    "10**9 steps": (lambda s, t: training_spec_file(s, t, iterations=10**9), r"iterations"),
+    "a seed of -1": (lambda s, t: training_spec_file(s, t, seed=-1), r"seed"),
+    "an infinite threshold": (
+        lambda s, t: training_spec_file(s, t, label_threshold=float("inf")),
+        r"label_threshold",
     ),
-    "an unlisted link to the fund's signing key": (
-        lambda w, t: add(sent(w, t), "k.pem", lambda p: p.symlink_to(w.fund.identity_path)),
-        r"k\.pem",
+    "an unknown field": (lambda s, t: training_spec_file(s, t, payload={"x": 1}), r"payload"),
+    "a model spec": (
+        lambda s, t: s.parent.parent / "a-lin" / "model_spec.json",
+        r"not a valid training spec",
     ),
-    "an unlisted link to /etc/passwd": (
-        lambda w, t: add(sent(w, t), "passwd", lambda p: p.symlink_to("/etc/passwd")),
-        r"passwd",
-    ),
-    "an unlisted FIFO": (lambda w, t: add(sent(w, t), "pipe", fifo), r"pipe"),
-    "an unlisted 2 GB file": (lambda w, t: add(sent(w, t), "big.bin", sparse), r"big\.bin"),
-    "an unlisted folder": (lambda w, t: add(sent(w, t), "extra", Path.mkdir), r"extra"),
-    # The listed files.
-    "the predictions as a link": (
-        lambda w, t: _linked_predictions(sent(w, t)),
-        r"symbolic link",
-    ),
-    "the predictions truncated": (
-        lambda w, t: _truncate(predictions(sent(w, t))),
-        r"size|truncated|sha256|hash|changed",
-    ),
-    "a byte flipped, hashes recomputed": (
-        lambda w, t: rehash(_flipped(sent(w, t))),
-        r"signature|signed",
-    ),
-    "the predictions missing": (
-        lambda w, t: _without(sent(w, t), predictions),
-        r"lacks|missing|predictions",
-    ),
-    "the predictions a 2 GB file": (
-        lambda w, t: _sparse_predictions(sent(w, t)),
-        r"2,147,483,648 bytes but the manifest says",
-    ),
-    # The manifest.
-    "no manifest": (lambda w, t: _without(sent(w, t), lambda d: d / MANIFEST), r"manifest"),
-    "a manifest that is not JSON": (
-        lambda w, t: _write(sent(w, t), MANIFEST, b"{not json"),
-        r"manifest",
-    ),
-    "a 2 GB manifest": (
-        lambda w, t: add(_without(sent(w, t), lambda d: d / MANIFEST), MANIFEST, sparse),
-        r"manifest.*(larger than|too large|bytes)",
-    ),
-    "a manifest with an extra field": (
-        lambda w, t: edit_manifest(sent(w, t), payload={"x": 1}),
-        r"payload",
-    ),
-    "a manifest of another kind": (
-        lambda w, t: edit_manifest(sent(w, t), kind="submission"),
-        r"submission|kind",
-    ),
-    "a manifest of a future format": (
-        lambda w, t: edit_manifest(sent(w, t), format_version=99),
-        r"format|version",
-    ),
-    "a manifest naming another model": (
-        lambda w, t: edit_manifest(sent(w, t), model="b-ridge"),
-        r"b-ridge|signature|signed",
-    ),
-    "a manifest naming another key set": (
-        lambda w, t: edit_manifest(sent(w, t), key_set_id="0" * 32),
-        r"key set|key_set",
-    ),
-    "a manifest naming another bundle": (
-        lambda w, t: edit_manifest(sent(w, t), bundle_sha256="0" * 64),
-        r"bundle",
-    ),
-    "a manifest with 10**18 batches": (
-        lambda w, t: edit_manifest(sent(w, t), n_batches=10**18),
-        r"batch",
-    ),
-    "a manifest with 1e308 rows": (
-        lambda w, t: edit_manifest(sent(w, t), n_rows=1e308),
-        r"n_rows|rows",
-    ),
-    "a manifest listing a path outside the folder": (
-        lambda w, t: _list_outside(sent(w, t), "../../keys/fund_signing_key.pem"),
-        r"fund_signing_key|file name|path",
-    ),
-    "a manifest listing an absolute path": (
-        lambda w, t: _list_outside(sent(w, t), "/etc/passwd"),
-        r"/etc/passwd|file name|path",
-    ),
-    # The signature.
-    "no signature": (lambda w, t: _without(sent(w, t), lambda d: d / SIGNATURE), r"signature|sig"),
-    "a signature of zeros": (
-        lambda w, t: _write(sent(w, t), SIGNATURE, bytes(64)),
-        r"signature|signed",
-    ),
-    "a 2 GB signature": (
-        lambda w, t: add(_without(sent(w, t), lambda d: d / SIGNATURE), SIGNATURE, sparse),
-        r"larger than|too large|signature|bytes",
-    ),
-    "signed by another participant": (
-        lambda w, t: _signed_by(sent(w, t), w.identities["bob"]),
-        r"signed by 'bob'",
-    ),
-    # The folder itself.
-    "a file, not a folder": (lambda w, t: predictions(sent(w, t)), r"is not a folder"),
-    "a link to the folder": (
-        lambda w, t: (t / "link").symlink_to(sent(w, t)) or t / "link",
-        r"is a symbolic link; give a .* folder itself",
-    ),
-    "a FIFO, not a folder": (lambda w, t: fifo(t / "pipe"), r"is not a folder"),
-    "missing": (lambda w, t: t / "nothing-here", r"does not exist \(a bundle or submission folder"),
 }
 
 
-def _linked_predictions(directory: Path) -> Path:
-    listed = predictions(directory)
-    moved = listed.with_name("elsewhere.bin")
-    listed.rename(moved)
-    listed.symlink_to(moved)
-    moved.rename(directory.parent / "elsewhere.bin")
-    listed.unlink()
-    listed.symlink_to(directory.parent / "elsewhere.bin")
-    return directory
+def _written(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
-def _truncate(path: Path) -> Path:
-    path.write_bytes(path.read_bytes()[:-1000])
-    return path.parent
+@pytest.mark.parametrize("make, refusal", TRAINING_SPEC_CASES.values(), ids=TRAINING_SPEC_CASES)
+def test_open_training_refuses_a_bad_spec_before_making_keys(
+    world, training_spec, tmp_path, make, refusal
+):
+    spec = make(training_spec, tmp_path)
+    args = ["open-training", "t9", spec, "--data", world.paths["train"], "--participant", "alice"]
+    refused(world.fund, world.fund_command(*args), refusal)
 
 
-def _flipped(directory: Path) -> Path:
-    flip_byte(predictions(directory))
-    return directory
+TRAINING_DATA_CASES: dict[str, tuple[Callable[[World, Path], Path], str]] = {
+    "a FIFO": (lambda w, t: fifo(t / "rows.parquet"), r"not a regular file"),
+    "a CSV named .parquet": (
+        lambda w, t: _written(t / "rows.parquet", b"id,era\nx,1\n"),
+        r"parquet",
+    ),
+    "missing": (lambda w, t: t / "nothing.parquet", r"nothing\.parquet"),
+    "no rows": (lambda w, t: train_file(w, t, lambda f: f.iloc[:0]), r"no rows"),
+    "without the target": (
+        lambda w, t: train_file(w, t, lambda f: f.drop(columns="target")),
+        r"target",
+    ),
+    "every target NaN": (
+        lambda w, t: train_file(w, t, lambda f: f.assign(target=float("nan"))),
+        r"target",
+    ),
+}
 
 
-def _without(directory: Path, which: Callable[[Path], Path]) -> Path:
-    which(directory).unlink()
-    return directory
+@pytest.mark.parametrize("make, refusal", TRAINING_DATA_CASES.values(), ids=TRAINING_DATA_CASES)
+def test_open_training_refuses_bad_rows_before_making_keys(
+    world, training_spec, tmp_path, make, refusal
+):
+    rows = make(world, tmp_path)
+    args = ["open-training", "t9", training_spec, "--data", rows, "--participant", "alice"]
+    refused(world.fund, world.fund_command(*args), refusal)
 
 
-def _sparse_predictions(directory: Path) -> Path:
-    path = predictions(directory)
-    path.unlink()
-    sparse(path)
-    return directory
+def test_open_training_refuses_an_unknown_participant_or_a_bad_job_id(world, training_spec):
+    rows = world.paths["train"]
+    refused(
+        world.fund,
+        world.fund_command(
+            "open-training", "t9", training_spec, "--data", rows, "--participant", "mallory"
+        ),
+        r"mallory.*not registered",
+    )
+    refused(
+        world.fund,
+        world.fund_command(
+            "open-training", "../t9", training_spec, "--data", rows, "--participant", "alice"
+        ),
+        r"job id",
+    )
 
 
-def _write(directory: Path, name: str, data: bytes) -> Path:
-    (directory / name).write_bytes(data)
-    return directory
+def test_receive_training_refuses_a_job_never_opened(world, tmp_path):
+    refused(world.fund, world.fund_command("receive-training", "t404", tmp_path), r"t404")
 
 
-def _list_outside(directory: Path, name: str) -> Path:
-    manifest = json.loads((directory / MANIFEST).read_text())
-    manifest["files"][name] = {"sha256": "0" * 64, "size": 10}
-    (directory / MANIFEST).write_text(json.dumps(manifest))
-    return directory
-
-
-def _signed_by(directory: Path, key: Path) -> Path:
-    (directory / SIGNATURE).unlink()
-    sign_directory(directory, load_private_key(key))
-    return directory
+# --- receive: what a participant sends (tests/hostile_answers.py) ------------------------------
 
 
 @pytest.mark.fhe
-@pytest.mark.parametrize("make, refusal", SUBMISSION_CASES.values(), ids=SUBMISSION_CASES)
+@pytest.mark.parametrize("make, refusal", ANSWER_CASES.values(), ids=ANSWER_CASES)
 def test_receive_refuses_a_tampered_or_strange_submission(round_world, tmp_path, make, refusal):
-    refused(
-        round_world, round_world.fund_command("receive", "r1", make(round_world, tmp_path)), refusal
-    )
+    world = round_world
+    sender = Sender(world.fund, world.submissions["a-lin"], world.identities["bob"])
+    refused(world.fund, world.fund_command("receive", "r1", make(sender, tmp_path)), refusal)
 
 
 @pytest.mark.fhe
 def test_receive_refuses_a_resend_another_round_or_an_unknown_one(round_world, tmp_path):
     world = round_world
     refused(
-        world,
-        world.fund_command("receive", "r1", sent(world, tmp_path, "b-ridge")),
+        world.fund,
+        world.fund_command(
+            "receive",
+            "r1",
+            Sender(world.fund, world.submissions["b-ridge"], world.identities["alice"]).copy(
+                tmp_path
+            ),
+        ),
         r"received already",
     )
     refused(
-        world,
-        world.fund_command("receive", "r2", sent(world, tmp_path / "..", "a-lin")),
+        world.fund,
+        world.fund_command(
+            "receive",
+            "r2",
+            Sender(world.fund, world.submissions["a-lin"], world.identities["bob"]).copy(tmp_path),
+        ),
         r"answers round 'r1'",
     )
-    refused(world, world.fund_command("receive", "r404", world.submissions["a-lin"]), r"r404")
+    refused(world.fund, world.fund_command("receive", "r404", world.submissions["a-lin"]), r"r404")
 
 
 # --- score: the operator's targets -------------------------------------------------------------
@@ -637,7 +523,7 @@ def test_score_refuses_bad_targets_before_writing_anything(round_world, tmp_path
         make(world, tmp_path),
         "--close-now",
     )
-    refused(world, args, refusal)
+    refused(world.fund, args, refusal)
 
 
 @pytest.mark.fhe
@@ -646,13 +532,13 @@ def test_score_refuses_an_open_round_unless_told_to_close_it(round_world):
     args = world.fund_command(
         "score", "r1", "--live", world.paths["live"], "--targets", world.paths["live_targets"]
     )
-    refused(world, args, r"--close-now")
+    refused(world.fund, args, r"--close-now")
 
 
 @pytest.mark.fhe
 def test_open_round_refuses_a_round_that_exists(round_world):
     refused(
-        round_world,
+        round_world.fund,
         round_world.fund_command("open-round", "r1", "--live", round_world.paths["live"]),
         r"r1",
     )

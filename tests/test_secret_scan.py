@@ -95,6 +95,27 @@ def test_a_copy_across_a_block_boundary_is_found(outside, monkeypatch):
     assert len(find_leaks(secrets, [outside])) == len(starts)
 
 
+def test_only_the_data_of_a_sparse_file_is_read_and_a_copy_there_is_found(outside):
+    """A 2 GB file that is mostly hole (the hostile-input tests leave several) is scanned in the
+    time of its data: a copy after the hole, and one just before a hole, are both found."""
+    key = binary_key(3)
+    secrets = Secrets()
+    secrets.add_window(key, "a key", outside / "keys" / "keyset.bin")
+    middle = (len(key) - WINDOW) // 2
+    copy = key[middle : middle + WINDOW]
+    after, before = outside / "after-a-hole.bin", outside / "before-a-hole.bin"
+    with after.open("wb") as handle:
+        handle.seek(2 * 1024**3 - 10_000)
+        handle.write(os.urandom(77) + copy + os.urandom(5))
+    with before.open("wb") as handle:
+        handle.write(os.urandom(4096 - 3) + copy)
+        handle.truncate(2 * 1024**3)
+    assert sorted(find_leaks(secrets, [outside])) == [
+        f"{after}: a key",
+        f"{before}: a key",
+    ]
+
+
 def test_secrets_in_an_encrypted_store_are_watched_as_they_are_written(tmp_path):
     """Sealed on disk, so the disk scan cannot read them; the tests' process saw them made."""
     from tests.secret_scan import SEEN

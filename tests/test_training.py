@@ -24,7 +24,6 @@ from fhe_toolkit.data import SynthConfig, load_tournament, synthesize
 from fhe_toolkit.errors import (
     FundError,
     KeyStoreError,
-    ManifestError,
     ParticipantError,
     SpecError,
 )
@@ -49,7 +48,6 @@ from fhe_toolkit.protocol.artifacts import (
     open_artifact,
     write_artifact,
 )
-from fhe_toolkit.protocol.manifest import MANIFEST, SIGNATURE
 from fhe_toolkit.protocol.modelspec import read_spec
 from fhe_toolkit.protocol.signing import (
     create_identity,
@@ -60,9 +58,10 @@ from fhe_toolkit.protocol.signing import (
 from fhe_toolkit.protocol.training_spec import TrainingSpec
 from fhe_toolkit.registry import NewTrainingJob, TrainingJobStatus
 from tests.cli_runner import cli, ok
+from tests.hostile_answers import ANSWER_CASES, Sender, edit_manifest, flip_byte, rehash
 from tests.identities import enroll
 from tests.interrupting import finish, kill_when, start
-from tests.test_fhe_round import rewrite_manifest
+from tests.snapshots import refused
 from tests.test_protocol import write_training_bundle
 
 CONFIG = SynthConfig(
@@ -136,7 +135,14 @@ def trained(job) -> dict:
                       records.identity_path), cwd=root)  # fmt: skip
     ok(resumed)
     training = FundTraining(root / "fund", root / "keys")
-    refusals = try_bad_results(training, root, identities["bob"])
+    sender = Sender(training, root / "result", identities["bob"])
+    refusals = {}
+    for number, (label, (make, refusal)) in enumerate(ANSWER_CASES.items()):
+        (root / f"bad-{number}").mkdir()
+        sent = make(sender, root / f"bad-{number}")
+        args = ["fund", "receive-training", "t1", str(sent), "--fund-dir", str(training.root),
+                "--keys", str(training.keys.root)]  # fmt: skip
+        refusals[label] = refused(training, args, refusal)
 
     receive = ("fund", "receive-training", "t1", "result")
     killed = start(*receive, cwd=root)
@@ -153,37 +159,6 @@ def trained(job) -> dict:
         "receive_out": ok(both[0]), "again": again,
         "weights": json.loads(weights_path.read_text()), "weights_path": weights_path,
     }  # fmt: skip
-
-
-def try_bad_results(training: FundTraining, root: Path, stranger: Path) -> dict[str, str]:
-    """Results that must be refused before any decryption."""
-    messages = {}
-    for label, change in (
-        ("other job", lambda d: rewrite(d, '"round_id": "t1"', '"round_id": "t0"')),
-        ("altered file", lambda d: flip_a_byte(d / WEIGHTS)),
-        ("altered and re-hashed", lambda d: (flip_a_byte(d / WEIGHTS), rewrite_manifest(d))),
-        ("signed by another participant", lambda d: sign_directory(d, load_private_key(stranger))),
-        ("unsigned", lambda d: (d / SIGNATURE).unlink()),
-    ):
-        bad = root / f"bad-{label.replace(' ', '-')}"
-        shutil.copytree(root / "result", bad)
-        change(bad)
-        with pytest.raises((FundError, ManifestError)) as err:
-            training.receive("t1", bad)
-        messages[label] = str(err.value)
-    return messages
-
-
-def rewrite(directory: Path, old: str, new: str) -> None:
-    (directory / MANIFEST).write_text((directory / MANIFEST).read_text().replace(old, new))
-
-
-def flip_a_byte(path: Path) -> None:
-    with path.open("r+b") as handle:
-        handle.seek(100)
-        byte = handle.read(1)
-        handle.seek(100)
-        handle.write(bytes([byte[0] ^ 0xFF]))
 
 
 def test_the_funds_draws_and_arithmetic_equal_concrete_ml_single_process_training(job):
@@ -237,15 +212,14 @@ def test_an_interrupted_run_resumes_at_the_next_step(job, trained):
 
 @pytest.mark.fhe
 def test_bad_results_are_refused_before_decryption_and_keys_decrypt_once(job, trained):
-    refusals = trained["refusals"]
-    assert "does not match training job 't1'" in refusals["other job"]
-    assert "SHA-256" in refusals["altered file"]
-    assert "signature is not alice's" in refusals["altered and re-hashed"]
+    refusals = trained["refusals"]  # each checked against a snapshot of the fund as it ran
+    assert "does not match training job 't1'" in refusals["a manifest for another round"]
+    assert "signature is not alice's" in refusals["a byte flipped, hashes recomputed"]
     assert (
         "signed by 'bob', who does not own training job 't1'"
         in refusals["signed by another participant"]
     )
-    assert "is not signed" in refusals["unsigned"]
+    assert "is not signed" in refusals["no signature"]
     # Killed while decrypting: nothing stored, keys kept. Of the two receives started at once,
     # one finished it from the kept copy; the other found it being received, or received.
     assert trained["cut_off"] == (TrainingJobStatus.DECRYPTING, True)
@@ -329,8 +303,8 @@ def test_a_result_is_taken_only_signed_by_its_jobs_participant(job, tmp_path):
     with pytest.raises(FundError, match="signed by 'bob', who does not own training job 'ja'"):
         training.receive("ja", result("relabelled", "ja", "bob"))
     altered = result("altered", "ja", "alice")
-    flip_a_byte(altered / WEIGHTS)
-    rewrite_manifest(altered)
+    flip_byte(altered / WEIGHTS)
+    rehash(altered)
     with pytest.raises(FundError, match="signature is not alice's"):
         training.receive("ja", altered)
     for job_id in ("ja", "jb"):
@@ -401,7 +375,7 @@ def test_a_job_opened_by_an_earlier_version_is_imported_once(job, tmp_path):
     with pytest.raises(FundError, match="does not match training job 'waiting'"):
         training.receive("waiting", result)
     # Opened without a participant: no signature can make a result its.
-    rewrite(result, '"round_id": "done"', '"round_id": "waiting"')
+    edit_manifest(result, round_id="waiting")
     with pytest.raises(FundError, match="opened without a participant"):
         training.receive("waiting", result)
     assert training.job_record("waiting").status == TrainingJobStatus.AWAITING

@@ -14,12 +14,20 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from fhe_toolkit.cli import ToolkitClickError, console, friendly_errors, progress_bar
+from fhe_toolkit.cli import (
+    ToolkitClickError,
+    console,
+    friendly_errors,
+    progress_bar,
+    progress_reporter,
+)
 from fhe_toolkit.cli.display import print_frame
 from fhe_toolkit.cli.fund import database_option, fund_dir_option, keys_option, say_tightened
 from fhe_toolkit.cli.options import (
+    data_option,
     fund_key_option,
     identity_option,
+    job_option,
     note_unchecked,
     out_dir_option,
     validation_option,
@@ -118,13 +126,7 @@ def training_job(
 
 @click.command("train-encrypted")
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
-@click.option(
-    "--job",
-    "job_dir",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="The job directory written by `participant training-job`.",
-)
+@job_option("The job directory written by `participant training-job`.")
 @out_dir_option("Result directory (also holds the checkpoint of an interrupted run).")
 @identity_option("result")
 @fund_key_option
@@ -150,13 +152,7 @@ def train_encrypted(
 
 @click.command("from-weights")
 @click.argument("weights_path", metavar="WEIGHTS", type=click.Path(path_type=Path))
-@click.option(
-    "--job",
-    "job_dir",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="The training job directory the weights came from.",
-)
+@job_option("The training job directory the weights came from.")
 @click.option(
     "--calibration",
     required=True,
@@ -200,13 +196,7 @@ def from_weights(
 @click.command("open-training")
 @click.argument("job_id")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
-@click.option(
-    "--data",
-    "data_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="The fund's rows to train on (Numerai-format parquet with the job's target).",
-)
+@data_option("The fund's rows to train on (Numerai-format parquet with the job's target).")
 @click.option(
     "--participant",
     required=True,
@@ -236,14 +226,11 @@ def open_training(
     data = load_tournament(data_path)
     with progress_bar("steps") as progress:
         # Key generation comes first and reports nothing for a minute or two: say so.
-        task = progress.add_task("generating the job's keys (1–2 minutes)", total=None)
-
-        def report(done: int, total: int) -> None:
-            progress.update(task, description="encrypting batches", completed=done, total=total)
-
+        label = "generating the job's keys (1–2 minutes), then encrypting its batches"
         bundle = training.open_job(
-            job_id, spec_path, data, participant=participant, on_progress=report
-        )
+            job_id, spec_path, data, participant=participant,
+            on_progress=progress_reporter(progress, label),
+        )  # fmt: skip
     console.print(f"training bundle: {bundle}; hand it to the participant")
 
 

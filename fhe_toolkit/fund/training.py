@@ -134,7 +134,8 @@ class FundTraining(FundBase):
         left out). ``participant``: the registered participant the job is for: only a result
         that participant signed is taken. Fresh keys for the job; the starting weights and
         every step's batch are drawn from the spec's seed as Concrete ML would, quantized and
-        encrypted. ``on_progress(steps_encrypted, steps)``. Returns the bundle directory.
+        encrypted. ``on_progress(steps_encrypted, steps)``, first with 0 once the checks pass and
+        before the keys are made. Returns the bundle directory.
         """
         if not re.fullmatch(ROUND_PATTERN, job_id):
             raise FundError(f"job id {job_id!r} must be letters, digits, '_', '-' or '.'.")
@@ -160,6 +161,8 @@ class FundTraining(FundBase):
         weights, bias, batches = plan_batches(spec, len(x))
         codec = TrainingCodec(spec)
 
+        if on_progress is not None:  # every check passed: the long part starts
+            on_progress(0, len(batches))
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         key_set = self.training_keys.create(job_id, spec.name, spec, replace_unpublished=True)
