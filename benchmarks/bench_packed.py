@@ -149,8 +149,11 @@ def fund_costs(packed: list[dict]) -> dict[str, Any]:
     first receive, then the mean of its later ones."""
     first, last = packed[0], packed[-1]
     extra = last["models"] - first["models"]
-    open_marginal = (last["open_s"] - first["open_s"]) / extra if extra else 0.0
-    bytes_marginal = (last["published_bytes"] - first["published_bytes"]) / extra if extra else 0
+    # A slope below zero is the machine's noise (more models cannot cost less): counted as 0.
+    open_marginal = max(0.0, (last["open_s"] - first["open_s"]) / extra) if extra else 0.0
+    bytes_marginal = (
+        max(0.0, (last["published_bytes"] - first["published_bytes"]) / extra) if extra else 0
+    )
     receives = last["fund_receive_s_per_model"]
     receive_first = receives[0]
     receive_marginal = float(np.mean(receives[1:])) if len(receives) > 1 else receive_first

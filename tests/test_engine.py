@@ -246,6 +246,16 @@ def test_a_script_without_its_main_guard_gets_one_clear_error(tmp_path):
     process = run_script(tmp_path, guarded)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 0 and out.strip() == "[]", err
+    # A guarded script edited while it runs (lines added above the guard) is not refused.
+    edited = guarded.replace(
+        '    if __name__ == "__main__":\n',
+        "    import pathlib\n    path = pathlib.Path(__file__)\n"
+        '    path.write_text("# edited\\n" * 3 + path.read_text())\n'
+        '    if __name__ == "__main__":\n',
+    )
+    process = run_script(tmp_path, edited)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and out.strip() == "[]", err
 
 
 INTERRUPTED = """\

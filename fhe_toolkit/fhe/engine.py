@@ -928,7 +928,11 @@ def _refuse_work_while_main_is_imported() -> None:
     if frame is None:
         return  # the script's top level has finished: it is calling from a function or thread
     try:
-        guarded = _under_main_guard(Path(path).read_text(encoding="utf-8"), frame.f_lineno)
+        source = Path(path).read_text(encoding="utf-8")
+        now = compile(source, path, "exec")
+        if (now.co_code, now.co_linetable) != (frame.f_code.co_code, frame.f_code.co_linetable):
+            return  # edited since it started: its lines no longer say where it runs
+        guarded = _under_main_guard(source, frame.f_lineno)
     except (OSError, SyntaxError, ValueError):
         return
     if not guarded:
