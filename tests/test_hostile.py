@@ -94,23 +94,29 @@ def round_world(tmp_path_factory: pytest.TempPathFactory) -> World:
 # --- inputs ------------------------------------------------------------------------------------
 
 
-def spec_file(world: World, tmp: Path, **changes: object) -> Path:
-    """Model a-lin's spec with ``changes`` (a value of ``...`` deletes the field)."""
-    spec = world.spec()
+def edited_json(raw: dict, path: Path, **changes: object) -> Path:
+    """``raw`` with ``changes`` (a value of ``...`` deletes the field), written to ``path``."""
     for key, value in changes.items():
         if value is ...:
-            spec.pop(key, None)
+            raw.pop(key, None)
         else:
-            spec[key] = value
-    path = tmp / "model_spec.json"
-    path.write_text(json.dumps(spec))
+            raw[key] = value
+    path.write_text(json.dumps(raw))
     return path
+
+
+def edited_parquet(source: Path, path: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> Path:
+    edit(pd.read_parquet(source)).to_parquet(path)
+    return path
+
+
+def spec_file(world: World, tmp: Path, **changes: object) -> Path:
+    """Model a-lin's spec with ``changes``."""
+    return edited_json(world.spec(), tmp / "model_spec.json", **changes)
 
 
 def live_file(world: World, tmp: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> Path:
-    path = tmp / "live.parquet"
-    edit(pd.read_parquet(world.paths["live"])).to_parquet(path)
-    return path
+    return edited_parquet(world.paths["live"], tmp / "live.parquet", edit)
 
 
 def first_feature(frame: pd.DataFrame) -> str:
@@ -332,17 +338,11 @@ def training_spec(world: World) -> Path:
 
 
 def training_spec_file(spec: Path, tmp: Path, **changes: object) -> Path:
-    raw = json.loads(spec.read_text())
-    raw.update(changes)
-    path = tmp / "training_spec.json"
-    path.write_text(json.dumps(raw))
-    return path
+    return edited_json(json.loads(spec.read_text()), tmp / "training_spec.json", **changes)
 
 
 def train_file(world: World, tmp: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> Path:
-    path = tmp / "rows.parquet"
-    edit(pd.read_parquet(world.paths["train"])).to_parquet(path)
-    return path
+    return edited_parquet(world.paths["train"], tmp / "rows.parquet", edit)
 
 
 TRAINING_SPEC_CASES: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
@@ -472,9 +472,7 @@ def test_receive_refuses_a_resend_another_round_or_an_unknown_one(round_world, t
 
 
 def targets_file(world: World, tmp: Path, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> Path:
-    path = tmp / "targets.parquet"
-    edit(pd.read_parquet(world.paths["live_targets"])).to_parquet(path)
-    return path
+    return edited_parquet(world.paths["live_targets"], tmp / "targets.parquet", edit)
 
 
 TARGET_CASES: dict[str, tuple[Callable[[World, Path], Path], str]] = {

@@ -1,8 +1,8 @@
 """The README runs as written, in an empty folder: its Python snippet (real FHE on a tiny packed
 round: 100 live rows of the 'small' features), and its walk-through, the shell blocks marked
-``<!-- walkthrough -->`` run in order as a user would type them (real FHE: two rounds of an
+``<!-- walkthrough -->`` run in order as a user would type them (real FHE: two rounds of a
 decision tree on 50 live rows each, and an encrypted training job of two steps, which
-spends about a minute generating its keys; several minutes in all on 2 cores)."""
+spends about a minute generating its keys; about 8 minutes in all on 2 cores)."""
 
 from __future__ import annotations
 
